@@ -1,0 +1,1 @@
+"""Command-line interface: thin Typer apps that parse arguments, call the Python API and print."""

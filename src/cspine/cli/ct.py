@@ -1,0 +1,11 @@
+"""``cspine ct ...``: each command lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from cspine.cli import ct_data
+
+app = typer.Typer(no_args_is_help=True)
+app.command("prepare")(ct_data.prepare)
+app.command("eda")(ct_data.eda)

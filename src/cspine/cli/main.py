@@ -1,0 +1,50 @@
+"""``cspine``: the top-level command. Sub-apps live in one file each."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from cspine import __version__
+from cspine.cli import ct, demo, synth, xray
+from cspine.errors import CspineError
+
+app = typer.Typer(
+    name="cspine",
+    help="Cervical spine fracture detection on CT (C1-C7) and radiographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(ct.app, name="ct", help="CT: prepare data, train, predict, evaluate.")
+app.add_typer(xray.app, name="xray", help="Radiographs: normal / fracture / dislocation.")
+app.add_typer(synth.app, name="synth", help="Synthetic phantom data: CT studies and radiographs.")
+app.command("demo", help=demo.__doc__)(demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cspine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point: user errors are printed without a traceback."""
+    try:
+        app()
+    except CspineError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

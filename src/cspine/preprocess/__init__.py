@@ -1,0 +1,1 @@
+"""Preprocessing: orientation, windowing, resampling and the on-disk study cache."""

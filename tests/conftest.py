@@ -1,0 +1,33 @@
+"""Shared fixtures: the real test data beside the checkout, and single-threaded torch under xdist."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CSPINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _torch_threads() -> None:
+    # Two xdist workers on two cores: one thread each, or they fight over the cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:  # pragma: no cover
+            pass
+
+
+_torch_threads()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real DICOM/NIfTI files); tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data folder {SHARED_DATA} is absent (it sits beside the checkout)")
+    return SHARED_DATA
