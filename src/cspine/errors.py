@@ -29,6 +29,10 @@ class SeriesGeometryError(DicomError):
     """The slices of a series do not form a volume (duplicates, tilt, one slice, ...)."""
 
 
+class NiftiError(CspineError):
+    """A NIfTI file is missing, unreadable, or not a 3-D image / label map."""
+
+
 class DatasetError(CspineError):
     """A dataset folder or CSV does not follow the expected layout or schema."""
 

@@ -1,19 +1,71 @@
-"""``cspine ct prepare`` and ``cspine ct eda`` (placeholder until the data layer lands)."""
+"""``cspine ct prepare`` and ``cspine ct eda``: thin wrappers over
+:func:`cspine.preprocess.cache.prepare_cache` and :func:`cspine.ct.eda.run_eda`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 
-def prepare(data: Path = typer.Option(..., help="RSNA-layout root."),
-            cache: Path = typer.Option(..., help="Cache folder.")) -> None:
-    """Decode each study once into a memory-mappable cache."""
-    raise NotImplementedError
+def prepare(
+    data: Path = typer.Option(..., "--data", help="RSNA 2022 layout root (train.csv, train_images/, ...)."),
+    cache: Path = typer.Option(..., "--cache", help="Cache folder (created; reused to resume)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Studies decoded in parallel (processes)."),
+    split: str = typer.Option("train", "--split", help="train (with masks) or test."),
+) -> None:
+    """Decode each study once into a memory-mappable cache (int16 HU, geometry, slice map, mask).
+
+    Resumable: finished studies are skipped. A bad study is listed at the end, never stops the run.
+
+    Exit status 1 when any study failed (rerun to retry them).
+    """
+    from cspine.preprocess.cache import prepare_cache
+
+    if split not in ("train", "test"):
+        raise typer.BadParameter("must be 'train' or 'test'", param_hint="--split")
+    summary = prepare_cache(data, cache, workers=workers, split=split)
+    console = Console()
+    table = Table(title=f"cspine ct prepare ({split}) -> {cache}")
+    table.add_column("studies", justify="right")
+    table.add_column("prepared", justify="right")
+    table.add_column("already cached", justify="right")
+    table.add_column("with mask", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row(str(summary.total), str(len(summary.done)), str(len(summary.skipped)), str(summary.masks),
+                  f"[red]{len(summary.failed)}[/]" if summary.failed else "0", f"{summary.seconds:.1f}")
+    console.print(table)
+    if summary.failed:
+        failed = Table(title="failed studies", show_lines=False)
+        failed.add_column("StudyInstanceUID")
+        failed.add_column("reason")
+        for uid, reason in summary.failed.items():
+            failed.add_row(uid, reason)
+        console.print(failed)
+        raise typer.Exit(1)
 
 
-def eda(data: Path = typer.Option(..., help="RSNA-layout root."),
-        out: Path = typer.Option(..., help="Output folder.")) -> None:
-    """The CT paper's four EDA figures."""
-    raise NotImplementedError
+def eda(
+    data: Path = typer.Option(..., "--data", help="RSNA 2022 layout root."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the PNG figures and eda.json."),
+) -> None:
+    """The CT paper's four EDA figures (prevalence, fractures per patient, correlation, slices) + eda.json."""
+    from cspine.ct.eda import run_eda
+
+    numbers = run_eda(data, out)
+    console = Console()
+    table = Table(title=f"EDA of {numbers['n_studies']} studies -> {out}")
+    table.add_column("level")
+    table.add_column("fractured", justify="right")
+    table.add_column("prevalence", justify="right")
+    for level, count in numbers["fracture_counts"].items():
+        prev = numbers["prevalence"][level]
+        table.add_row(level, str(count), "-" if prev is None else f"{100 * prev:.1f}%")
+    console.print(table)
+    sps = numbers.get("slices_per_study") or {}
+    if sps.get("n_studies"):
+        console.print(f"slices per study: min {sps['min']}, median {sps['median']:g}, max {sps['max']}")
+    console.print("figures: " + ", ".join(str(Path(out) / f) for f in numbers["figures"]))

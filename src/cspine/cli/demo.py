@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def demo() -> None:
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("cspine-demo"), "--out", help="Working folder (reruns reuse steps)."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny smoke run (seconds; numbers meaningless)."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes for generation and decoding."),
+) -> None:
     """Generate a small phantom, train both CT stages, predict held-out studies and evaluate."""
-    raise NotImplementedError
+    from rich.console import Console
+
+    from cspine.ct.demo import results_table, run_demo
+
+    console = Console()
+    console.print(f"[bold]cspine demo[/] into {out} (synthetic phantom data, CPU)")
+    result = run_demo(out, quick=quick, workers=workers)
+    console.print(results_table(result))
+    console.print(f"report: {result.report}")
+    console.print(f"predictions: {result.predictions_csv}")

@@ -1,7 +1,126 @@
-"""``cspine xray ...``."""
+"""``cspine xray ...``: train, evaluate, predict and compare with readers (radiographs)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+ARCH_HELP = "alexnet (227 px) or googlenet (224 px)."
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="A folder per class, or a CSV path,label[,patient_id]."),
+    arch: str = typer.Option("googlenet", "--arch", help=ARCH_HELP),
+    out: Path = typer.Option(..., "--out", help="The model folder to create."),
+    epochs: int = typer.Option(30, "--epochs", min=1),
+    batch_size: int = typer.Option(10, "--batch-size", min=1),
+    lr: float = typer.Option(0.001, "--lr", help="Initial learning rate (halved every 4 epochs)."),
+    lr_step: int = typer.Option(4, "--lr-step", min=1, help="Epochs between learning-rate steps."),
+    lr_gamma: float = typer.Option(0.5, "--lr-gamma", help="Learning-rate factor at each step."),
+    pretrained: str = typer.Option("none", "--pretrained",
+                                   help="none | imagenet (torchvision's local cache) | PATH to weights."),
+    finetune: str = typer.Option("all", "--finetune", help="all layers, or only the head."),
+    image_size: int = typer.Option(0, "--image-size", help="Input size; 0 = the paper's (227/224)."),
+    dropout: float = typer.Option(0.5, "--dropout"),
+    hidden: int = typer.Option(512, "--hidden", help="Width of the first head layer."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="Small rotations and contrast."),
+    drop_duplicates: bool = typer.Option(False, "--drop-duplicates",
+                                         help="Remove val/test images with a near duplicate in train."),
+    splits: Path | None = typer.Option(None, "--splits", help="Reuse this splits.json."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Train AlexNet or GoogLeNet (SGD momentum 0.9, lr stepped every 4 epochs, cross-entropy)."""
+    from cspine.models.radiograph import XrayConfig
+    from cspine.xray.train import XrayTrainConfig, train_xray
+
+    try:
+        mcfg = XrayConfig(arch=arch, image_size=image_size or None, dropout=dropout, hidden=hidden,
+                          pretrained=pretrained, finetune=finetune)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    tcfg = XrayTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
+                           seed=seed, augment=augment, drop_duplicates=drop_duplicates)
+    res = train_xray(data, out, mcfg, tcfg, device=device, resume=resume, splits_file=splits)
+    typer.echo(f"best epoch {res.best_epoch}: validation accuracy {res.best_val_accuracy:.3f}; "
+               f"model in {res.out}")
+
+
+@app.command("evaluate")
+def evaluate(
+    model: list[Path] = typer.Option(..., "--model", help="A trained model folder; repeat for an ensemble."),
+    data: Path = typer.Option(..., "--data", help="The dataset the models were trained on."),
+    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, report.md and plots."),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(10, "--batch-size", min=1),
+) -> None:
+    """Accuracy and per-class sensitivity/specificity/precision/F1/AUC, ROC and confusion plots."""
+    from cspine.xray.evaluate import evaluate_xray
+
+    doc = evaluate_xray(model, data, out, split=split, device=device, batch_size=batch_size, progress=True)
+    for name, m in doc["models"].items():
+        typer.echo(f"{name}: accuracy {m['accuracy']:.3f}, macro F1 {_fmt(m['macro']['f1'])}, "
+                   f"macro AUC {_fmt(m['macro']['auc'])} (n={m['n']})")
+    typer.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.md'}")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+@app.command("predict")
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
+    model: list[Path] = typer.Option(..., "--model", help="A trained model folder; repeat for an ensemble."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions.csv (and saliency PNGs)."),
+    saliency: bool = typer.Option(False, "--saliency", help="Write gradient saliency and Grad-CAM PNGs."),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(10, "--batch-size", min=1),
+) -> None:
+    """Class probabilities for each image (the mean over the models when several are given)."""
+    from cspine.xray.predict import (
+        PREDICTIONS_CSV,
+        collect_images,
+        load_xray_model,
+        predict_images,
+        write_predictions,
+    )
+    from cspine.xray.saliency import write_saliency
+
+    paths = collect_images(inputs)
+    models = [load_xray_model(m, device) for m in model]
+    ens, _ = predict_images(paths, models, batch_size, progress=True)
+    csv_path = write_predictions(Path(out) / PREDICTIONS_CSV, ens)
+    if saliency:
+        for i, m in enumerate(models):
+            tag = f"{m.cfg.arch}{i}" if len(models) > 1 else ""
+            for p in paths:
+                write_saliency(m, p, Path(out), tag)
+    typer.echo(f"wrote {csv_path} ({len(paths)} images)")
+
+
+@app.command("compare-readers")
+def compare_readers_cmd(
+    pred: Path = typer.Option(..., "--pred", help="predictions.csv of cspine xray predict."),
+    reads: Path = typer.Option(..., "--reads", help="path,reader,label or path,<reader1>,<reader2>,..."),
+    truth: Path = typer.Option(..., "--truth", help="path,label"),
+    out: Path | None = typer.Option(None, "--out", help="Also write the result as JSON here."),
+) -> None:
+    """Correct/wrong counts of the model and each reader, per-class agreement, kappa, McNemar."""
+    from cspine.fileio import write_json
+    from cspine.xray.readers import compare_readers, render_readers_table
+
+    result = compare_readers(pred, reads, truth)
+    typer.echo(render_readers_table(result))
+    if out is not None:
+        write_json(out, result)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(json.dumps(result["mcnemar"], indent=1))

@@ -14,7 +14,6 @@ Conventions (every stage relies on them):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -1,0 +1,48 @@
+"""``cspine ct evaluate``: a thin wrapper over :func:`cspine.ct.evaluate.evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _f(value: object, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="predictions.csv from `cspine ct predict`."),
+    labels: Path = typer.Option(..., "--labels",
+                                help="Labels with train.csv's columns (e.g. test_labels.csv)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, report.md, PNG plots."),
+    data: Path | None = typer.Option(None, "--data",
+                                     help="RSNA root: train.csv prevalences for the baseline, "
+                                          "bounding boxes for attention alignment."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Score predictions: patient and vertebra AUCs (95% bootstrap CI), sensitivity, specificity,
+    precision, F1, accuracy, localization, the RSNA competition loss against a prevalence baseline,
+    attention alignment; ROC/PR/calibration plots and report.md."""
+    from cspine.ct.evaluate import evaluate as run
+
+    m = run(pred, labels, out, data_root=data, seed=seed)
+    ci = m["patient_auc_ci95"] or [None, None]
+    table = Table(title=f"cspine ct evaluate: {m['n_studies']} studies -> {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("patient AUC (95% CI)", f"{_f(m['patient_auc'])} ({_f(ci[0])}-{_f(ci[1])})")
+    table.add_row("mean vertebra AUC", _f(m["vertebra_auc_mean"]))
+    for key in ("sensitivity", "specificity", "precision", "f1", "accuracy"):
+        table.add_row(f"{key} @0.5 / @Youden", f"{_f(m[key]['at_0.5'])} / {_f(m[key]['at_youden'])}")
+    table.add_row("localization accuracy", _f(m["localization_accuracy"]["overall"]))
+    table.add_row("RSNA weighted log loss", _f(m["rsna_weighted_log_loss"], 4))
+    table.add_row("prevalence baseline loss", _f(m["prevalence_baseline_log_loss"], 4))
+    table.add_row("attention alignment", _f(m.get("attention_alignment")))
+    console = Console()
+    console.print(table)
+    if not m["beats_prevalence_baseline"]:
+        console.print("[yellow]the model does not beat predicting the training prevalence[/]")
+    console.print(f"report: {Path(out) / 'report.md'}")

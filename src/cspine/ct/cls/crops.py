@@ -1,0 +1,118 @@
+"""Per-vertebra 2.5D crops: what stage 2 sees of one vertebra.
+
+A crop covers the vertebra's z-range plus a margin and a square in-plane box around its mask plus a
+margin. Along z it is resampled to ``cfg.n_slices`` source slices (nearest slice, so each crop slice
+is a real CT slice whose index is kept in ``slice_indices``); each crop slice is a stack of ``cfg.k``
+adjacent source slices (bone window, [0, 1]) and, when ``cfg.use_mask_channel``, the vertebra's mask
+on the centre slice. In-plane the box is resized to ``cfg.image_size`` squared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cspine.ct.seg.postprocess import VertebraBox
+from cspine.ct.seg.predict import Segmentation
+from cspine.io.volume import Volume
+from cspine.labels import BONE_WINDOW, HU_MIN, LABEL_OF, VERTEBRAE
+from cspine.models.vertebra_classifier import ClsConfig
+from cspine.preprocess.window import window_to_unit
+
+__all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "Segmentation", "VertebraBox"]
+
+
+@dataclass(frozen=True, eq=False)
+class VertebraCrop:
+    """One vertebra's model input and where it came from.
+
+    Attributes:
+        name: vertebra name (``C1`` .. ``C7``).
+        array: float32 ``(N, C, H, W)``: ``k`` bone-windowed slices (+ mask) per crop slice.
+        slice_indices: int64 ``(N,)``: the volume slice index at the centre of each crop slice.
+        box: ``(y0, y1, x0, x1)`` in-plane box in volume pixels (may reach outside the volume,
+            which is padded with air).
+        z_range: ``(start, stop)`` volume slices the crop spans, margin included.
+    """
+
+    name: str
+    array: np.ndarray
+    slice_indices: np.ndarray
+    box: tuple[int, int, int, int]
+    z_range: tuple[int, int]
+
+
+def crop_geometry(vb: VertebraBox, shape: tuple[int, int, int], cfg: ClsConfig
+                  ) -> tuple[tuple[int, int], tuple[int, int, int, int], np.ndarray, int]:
+    """Crop z-range, square in-plane box, centre slice indices and 2.5D step for one vertebra."""
+    nz = shape[0]
+    start, stop = int(vb.z_range[0]), int(vb.z_range[1])
+    mz = int(math.ceil(cfg.z_margin * max(stop - start, 1)))
+    z0, z1 = max(0, start - mz), min(nz, stop + mz)
+    y0, y1, x0, x1 = (int(v) for v in vb.box)
+    side = max(y1 - y0, x1 - x0, 4) * (1.0 + 2.0 * cfg.xy_margin)
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+    half = int(math.ceil(side / 2.0))
+    box = (int(round(cy)) - half, int(round(cy)) + half, int(round(cx)) - half, int(round(cx)) + half)
+    centres = np.rint(np.linspace(z0, max(z1 - 1, z0), cfg.n_slices)).astype(np.int64)
+    step = max(1, int(round((z1 - z0) / cfg.n_slices)))
+    return (z0, z1), box, centres, step
+
+
+def _take(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
+    """``arr[idx, y0:y1, x0:x1]`` with out-of-volume pixels set to ``fill``."""
+    y0, y1, x0, x1 = box
+    _, ny, nx = arr.shape
+    out = np.full((len(idx), y1 - y0, x1 - x0), fill, dtype=arr.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, ny), max(x0, 0), min(x1, nx)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[idx, sy0:sy1, sx0:sx1]
+    return out
+
+
+def _resize(stack: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    antialias = t.shape[-1] > size or t.shape[-2] > size
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return out[:, 0].numpy()
+
+
+def extract_crops(volume: Volume, seg: Segmentation, cfg: ClsConfig,
+                  names: tuple[str, ...] | None = None) -> dict[str, VertebraCrop]:
+    """Crop every present vertebra (or those in ``names``) of a canonical volume.
+
+    Args:
+        volume: the study in canonical orientation (``seg.labels`` on its grid).
+        seg: stage-1 (or ground-truth) segmentation of the study.
+        cfg: the stage-2 config (sizes, ``k``, margins, mask channel).
+        names: vertebrae to crop; default all of C1..C7 that ``seg`` marks present.
+
+    Returns:
+        ``{name: VertebraCrop}`` for present vertebrae, in C1..C7 order.
+    """
+    if seg.labels.shape != volume.hu.shape:
+        raise ValueError(f"segmentation shape {seg.labels.shape} != volume shape {volume.hu.shape}")
+    nz = volume.hu.shape[0]
+    half = cfg.k // 2
+    out: dict[str, VertebraCrop] = {}
+    for name in names or VERTEBRAE:
+        vb = seg.vertebrae.get(name)
+        if vb is None or not vb.present:
+            continue
+        z_range, box, centres, step = crop_geometry(vb, volume.hu.shape, cfg)
+        offsets = np.arange(-half, half + 1) * step
+        idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)  # (N, k)
+        hu = _take(volume.hu, idx.reshape(-1), box, HU_MIN)
+        img = _resize(window_to_unit(hu, BONE_WINDOW), cfg.image_size)
+        img = img.reshape(cfg.n_slices, cfg.k, cfg.image_size, cfg.image_size)
+        if cfg.use_mask_channel:
+            mask = _take(seg.labels, centres, box, 0) == LABEL_OF[name]
+            m = _resize(mask.astype(np.float32), cfg.image_size)[:, None]
+            img = np.concatenate([img, m], axis=1)
+        out[name] = VertebraCrop(name=name, array=np.ascontiguousarray(img, dtype=np.float32),
+                                 slice_indices=centres, box=box, z_range=z_range)
+    return out

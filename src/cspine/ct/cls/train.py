@@ -1,0 +1,293 @@
+"""Train the stage-2 vertebra classifier and calibrate it: ``RUN/cls``.
+
+Loss: the competition-weighted BCE per vertebra (weight 1 for an intact, 2 for a fractured one) plus
+``aux_weight`` x a per-slice BCE on the slice targets of :mod:`cspine.ct.cls.dataset`. The patient
+label is not modelled by the network: the patient probability is the calibrated noisy-OR of the
+vertebra probabilities (see :mod:`cspine.ct.cls.calibrate`).
+
+Sampling: fractured and intact vertebrae are drawn with equal probability (``pos_fraction``) with
+replacement, an epoch being as many draws as there are training crops. The validation split is
+patient-level (stratified on ``patient_overall``). The checkpoint kept is the epoch with the lowest
+validation weighted loss after calibration (ties: last); temperature and bias are fitted on the same
+validation split and stored in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from cspine.checkpoint import (
+    LOG,
+    METRICS,
+    WEIGHTS,
+    load_training_state,
+    load_weights,
+    save_model,
+    save_training_state,
+)
+from cspine.ct.cls.calibrate import (
+    Calibration,
+    fit_calibration,
+    fit_patient_calibration,
+    noisy_or,
+    weighted_nll,
+)
+from cspine.ct.cls.dataset import ClsStudy, CropDataset, CropSample, build_samples
+from cspine.errors import CspineError, DatasetError
+from cspine.fileio import append_jsonl, write_json
+from cspine.labels import PATIENT_WEIGHTS, VERTEBRA_WEIGHTS, VERTEBRAE
+from cspine.models.vertebra_classifier import ClsConfig, build_classifier
+from cspine.runtime import autocast, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+KIND = "vertebra_classifier"
+
+
+@dataclass(frozen=True)
+class ClsTrainConfig:
+    """Stage-2 training settings (``model`` is saved as the model folder's config)."""
+
+    model: ClsConfig = field(default_factory=ClsConfig)
+    epochs: int = 15
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 0.5
+    aux_weight: float = 1.0
+    pos_fraction: float = 0.5
+    val_fraction: float = 0.2
+    seed: int = 0
+    amp: bool = True
+    num_workers: int = 0
+    max_steps_per_epoch: int | None = None
+
+
+def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fraction: float,
+                   seed: int) -> tuple[list[str], list[str]]:
+    """A patient-level train/validation split, stratified on the patient label."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    uids_arr, y = np.asarray(uids), np.asarray(patient_labels)
+    for cls in (0, 1):
+        group = list(uids_arr[y == cls])
+        rng.shuffle(group)
+        n_val = int(round(len(group) * val_fraction))
+        if val_fraction > 0 and len(group) >= 2:
+            n_val = max(1, n_val)
+        val += group[:n_val]
+        train += group[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _loss(out: Any, y: torch.Tensor, slice_y: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    w = torch.where(y > 0.5, VERTEBRA_WEIGHTS[1], VERTEBRA_WEIGHTS[0]).to(out.logit.dtype)
+    main = (F.binary_cross_entropy_with_logits(out.logit.float(), y, reduction="none") * w).sum() / w.sum()
+    aux = F.binary_cross_entropy_with_logits(out.slice_logits.float(), slice_y)
+    return main + aux_weight * aux
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, samples: Sequence[CropSample], device: torch.device,
+                   batch_size: int = 8, amp: bool = True) -> np.ndarray:
+    """Raw vertebra logits of stored samples."""
+    model.eval()
+    logits = []
+    for i in range(0, len(samples), batch_size):
+        x = np.stack([s.image for s in samples[i:i + batch_size]]).astype(np.float32) / 255.0
+        with autocast(device, amp):
+            out = model(torch.from_numpy(x).to(device))
+        logits.append(out.logit.float().cpu().numpy())
+    return np.concatenate(logits) if logits else np.zeros(0)
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    if len(np.unique(y)) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
+
+
+def evaluate_split(samples: Sequence[CropSample], logits: np.ndarray, labels: dict[str, dict[str, int]],
+                   cal: Calibration, prevalence: dict[str, float]
+                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Vertebra and patient metrics of a split after calibration ``cal``, with the (P, 7) calibrated
+    probabilities (absent vertebra: ``prevalence``) and the patient labels."""
+    y = np.array([s.label for s in samples])
+    p = cal.probs(logits)
+    by_study: dict[str, dict[str, float]] = {}
+    for s, pv in zip(samples, p, strict=True):
+        by_study.setdefault(s.uid, {})[s.name] = float(pv)
+    uids = sorted(by_study)
+    pv_mat = np.array([[by_study[u].get(v, prevalence.get(v, 0.0)) for v in VERTEBRAE] for u in uids])
+    patient_y = np.array([int(max(labels[u].get(v, 0) for v in VERTEBRAE)) for u in uids])
+    return {
+        "vertebra_loss": weighted_nll(p, y) if len(y) else None,
+        "vertebra_auc": _auc(y, logits),
+        "patient_auc": _auc(patient_y, noisy_or(pv_mat)) if len(uids) else None,
+        "n_vertebrae": len(y), "n_patients": len(uids),
+    }, pv_mat, patient_y
+
+
+def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache: Path | None = None,
+                     seg_dir: Path | None = None, studies: Iterable[ClsStudy] | None = None,
+                     resume: bool = False, device: str | None = None, progress: bool = True) -> Path:
+    """Train, select, calibrate and save the stage-2 model into ``out/cls``.
+
+    Args:
+        data: an RSNA 2022 root (ignored when ``studies`` is given).
+        out: the RUN folder; the model goes to ``out/cls``.
+        cfg: training settings.
+        cache: the preprocessing cache (``cspine ct prepare``) and stage-1 pseudo masks.
+        seg_dir: a stage-1 model folder (``RUN/seg``) to segment studies without any mask.
+        studies: in-memory studies instead of ``data`` (tests, the demo, scripts).
+        resume: continue from ``out/cls/last.*`` when present.
+        device: ``cpu``, ``cuda`` or ``None`` (auto).
+        progress: show progress bars.
+
+    Returns:
+        The model folder ``out/cls``.
+    """
+    folder = Path(out) / "cls"
+    if not resume and ((folder / WEIGHTS).exists() or (folder / LOG).exists()):
+        raise CspineError("already holds a stage-2 model; pass --resume to continue it or choose another "
+                          "--out (nothing was overwritten)", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)
+    mcfg = cfg.model
+    if studies is None:
+        if data is None:
+            raise DatasetError("train_classifier needs an RSNA root (data) or in-memory studies")
+        from cspine.ct.cls.dataset import iter_rsna_studies
+
+        studies = iter_rsna_studies(Path(data), cache=cache, seg_dir=seg_dir, device=device)
+
+    t0 = time.perf_counter()
+    samples: list[CropSample] = []
+    labels: dict[str, dict[str, int]] = {}
+    it = tqdm(studies, desc="stage 2 crops", unit="study", disable=not progress, leave=False)
+    for study in it:
+        labels[study.uid] = {v: int(study.labels.get(v, 0)) for v in VERTEBRAE}
+        samples.extend(build_samples([study], mcfg))
+    if not samples:
+        raise DatasetError("no study could be used for stage 2: none had a vertebra mask (true or "
+                           "pseudo) and no stage-1 model was given; train stage 1 first "
+                           "(`cspine ct train --stage seg` or `--stage all`)", data)
+    log.info("%d crops from %d studies in %.1fs", len(samples), len(labels), time.perf_counter() - t0)
+
+    uids = sorted(labels)
+    patient_y = [int(max(labels[u].values())) for u in uids]
+    train_uids, val_uids = split_patients(uids, patient_y, cfg.val_fraction, cfg.seed)
+    tr = [s for s in samples if s.uid in set(train_uids)]
+    va = [s for s in samples if s.uid in set(val_uids)]
+    prevalence = {v: float(np.mean([labels[u][v] for u in train_uids])) if train_uids else 0.0
+                  for v in VERTEBRAE}
+
+    model = build_classifier(mcfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    y_tr = np.array([s.label for s in tr])
+    n_pos = max(int(y_tr.sum()), 1)
+    n_neg = max(len(y_tr) - int(y_tr.sum()), 1)
+    weights = np.where(y_tr > 0.5, cfg.pos_fraction / n_pos, (1 - cfg.pos_fraction) / n_neg)
+    steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
+    if resume:
+        loaded = load_training_state(folder, model, opt, sched)
+        if loaded is not None:
+            state = loaded
+            log.info("resuming stage 2 after epoch %d", state["epoch"])
+
+    ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=mcfg.use_mask_channel)
+    gen = torch.Generator().manual_seed(cfg.seed + state["epoch"])
+    sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
+                                    num_samples=steps_per_epoch * cfg.batch_size, replacement=True,
+                                    generator=gen)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        drop_last=False)
+    amp = cfg.amp and dev.type == "cuda"
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        t_ep, losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for x, y, sy in bar:
+            x, y, sy = x.to(dev), y.to(dev), sy.to(dev)
+            with autocast(dev, amp):
+                out = model(x)
+            loss = _loss(out, y, sy, cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                  "lr": float(sched.get_last_lr()[0]),
+                                  "seconds": round(time.perf_counter() - t_ep, 2)}
+        score = -float(np.mean(losses))
+        if va:
+            logits = predict_logits(model, va, dev, cfg.batch_size, amp)
+            y_va = np.array([s.label for s in va])
+            cal = fit_calibration(logits, y_va)
+            metrics, _, _ = evaluate_split(va, logits, labels, cal, prevalence)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            score = -metrics["vertebra_loss"]
+        append_jsonl(folder / LOG, record)
+        log.info("stage 2 epoch %d: %s", epoch + 1, record)
+        state["epoch"] = epoch + 1
+        if state["best"] is None or score >= state["best"]:
+            state["best"], state["best_epoch"] = score, epoch + 1
+            save_model(folder, model, mcfg, KIND)  # weights now; calibration added below
+        save_training_state(folder, model, opt, sched, state)
+
+    # Calibrate the best checkpoint on the validation split and write the final config.
+    best = load_weights(folder, build_classifier(mcfg)).to(dev)
+    cal, pcal, metrics = Calibration(), Calibration(), {}
+    if va:
+        logits = predict_logits(best, va, dev, cfg.batch_size, amp)
+        y_va = np.array([s.label for s in va])
+        raw = weighted_nll(Calibration().probs(logits), y_va)
+        cal = fit_calibration(logits, y_va)
+        metrics, pv_mat, pat_y = evaluate_split(va, logits, labels, cal, prevalence)
+        pcal = fit_patient_calibration(pv_mat, pat_y)
+        pat_p = pcal.probs(np.log(np.clip(noisy_or(pv_mat), 1e-6, 1 - 1e-6))
+                           - np.log1p(-np.clip(noisy_or(pv_mat), 1e-6, 1 - 1e-6)))
+        metrics.update({"vertebra_loss_uncalibrated": raw,
+                        "patient_loss": weighted_nll(pat_p, pat_y, PATIENT_WEIGHTS)})
+    metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
+                    "n_val_studies": len(val_uids), "n_train_crops": len(tr), "n_val_crops": len(va)})
+    extra = {
+        "calibration": dataclasses.asdict(cal),
+        "patient_calibration": dataclasses.asdict(pcal),
+        "patient_aggregation": "noisy_or: 1 - prod(1 - p_v) over calibrated C1..C7, then patient_calibration",
+        "absent_vertebra_prior": prevalence,
+        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
+        "val_uids": val_uids,
+    }
+    save_model(folder, best, mcfg, KIND, extra=extra)
+    write_json(folder / METRICS, metrics)
+    log.info("stage 2 saved to %s (validation: %s)", folder, metrics)
+    return folder

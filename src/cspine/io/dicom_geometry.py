@@ -1,0 +1,211 @@
+"""Geometry of a stack of DICOM slices: order, spacing, duplicates, gaps and gantry tilt.
+
+Defined behaviours (tests/io/test_dicom_geometry.py and the dicom-edge-cases tests):
+
+* order: ascending position along the slice normal ``n = row x col`` of ImageOrientationPatient
+  (never file name or InstanceNumber);
+* spacing along ``n``: the mean step of the positions (never SliceThickness); small deviations from a
+  uniform grid (up to 20 % of a step, e.g. positions rounded to 0.1 mm) are reported as a warning;
+* images at one position (within 0.01 mm): identical pixels (or the same SOPInstanceUID) -> the copies are
+  dropped with a warning; different pixels -> :class:`SeriesGeometryError` ("not a volume");
+* fewer than :data:`MIN_SLICES` positions -> :class:`SeriesGeometryError`;
+* a gap (a step over 1.5x the median, i.e. missing slices) or otherwise non-uniform steps:
+  ``on_gap="error"`` (default) raises; ``on_gap="resample"`` interpolates linearly onto a uniform grid
+  at the median step (slices not read from one file get empty :class:`SliceInfo` records);
+* gantry tilt (slice origins sheared relative to the image plane by more than a quarter pixel over the
+  stack): ``on_tilt="error"`` (default) raises with the tilt angle; ``on_tilt="resample"`` shifts each
+  slice in-plane (linear interpolation) onto an orthogonal grid; never silently treated as orthogonal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cspine.errors import SeriesGeometryError
+from cspine.io.dicom_series import Header
+
+MIN_SLICES = 3
+SAME_POSITION_MM = 0.01
+UNIFORM_TOL = 0.2  # of a step
+GAP_FACTOR = 1.5
+TILT_PIXELS = 0.25  # accumulated in-plane shear over the stack that counts as gantry tilt
+LINE_TOL_MM = 0.5  # slice origins further than this from a straight line: not a stack
+
+GAP_MODES = ("error", "resample")
+
+
+@dataclass
+class StackPlan:
+    """How to turn the sorted, de-duplicated input slices into the output volume."""
+
+    headers: list[Header]  # input slices in output order (ascending along the normal)
+    affine: np.ndarray
+    step: float
+    positions: np.ndarray  # of the inputs along the normal, mm
+    warnings: list[str] = field(default_factory=list)
+    #: For each output slice: ((input index, weight), ...); None = output k is input k unchanged.
+    blend: list[tuple[tuple[int, float], ...]] | None = None
+    #: In-plane shift (rows, cols) in pixels per input slice to undo gantry tilt; None = no shift.
+    shifts: np.ndarray | None = None
+    tilt_degrees: float = 0.0
+
+
+def _names(headers: Sequence[Header], limit: int = 4) -> str:
+    names = [h.path for h in headers[:limit]]
+    return ", ".join(names) + (f" (+{len(headers) - limit} more)" if len(headers) > limit else "")
+
+
+def plan_stack(headers: Sequence[Header], *, on_gap: str = "error", on_tilt: str = "error",
+               same_pixels: Callable[[Header, Header], bool] | None = None) -> StackPlan:
+    """Sort one series' slices and work out its geometry, or raise :class:`SeriesGeometryError`.
+
+    Args:
+        headers: the images of one series in one orientation.
+        on_gap: ``"error"`` or ``"resample"`` for missing slices / non-uniform spacing.
+        on_tilt: ``"error"`` or ``"resample"`` for a sheared (gantry-tilted) stack.
+        same_pixels: decides whether two images at one position hold identical pixels; when omitted,
+            only images sharing a SOPInstanceUID count as duplicates.
+    """
+    if on_gap not in GAP_MODES or on_tilt not in GAP_MODES:
+        raise ValueError(f"on_gap/on_tilt must be one of {GAP_MODES}")
+    where = headers[0].path if headers else None
+    warns: list[str] = []
+    first = headers[0]
+    row, col = np.asarray(first.iop[:3]), np.asarray(first.iop[3:])
+    normal = np.cross(row, col)
+    norm = float(np.linalg.norm(normal))
+    if norm < 0.5 or abs(float(row @ col)) > 0.01:
+        raise SeriesGeometryError(f"ImageOrientationPatient {list(first.iop)} is not two orthogonal unit "
+                                  "vectors", where)
+    row, col, normal = row / np.linalg.norm(row), col / np.linalg.norm(col), normal / norm
+    ipp = np.array([h.ipp for h in headers], dtype=np.float64)
+    d = ipp @ normal
+    order = sorted(range(len(headers)), key=lambda i: (d[i], headers[i].instance_number or 0))
+    hs = [headers[i] for i in order]
+    d, ipp = d[order], ipp[order]
+
+    # Images at one position: exact copies are dropped, different images mean "not a volume".
+    keep: list[int] = []
+    i = 0
+    dropped = 0
+    while i < len(hs):
+        j = i + 1
+        while j < len(hs) and d[j] - d[i] < SAME_POSITION_MM:
+            j += 1
+        cluster = list(range(i, j))
+        if len(cluster) > 1:
+            same = all(hs[k].sop_instance_uid and hs[k].sop_instance_uid == hs[i].sop_instance_uid
+                       or (same_pixels is not None and same_pixels(hs[i], hs[k])) for k in cluster[1:])
+            if not same:
+                raise SeriesGeometryError(
+                    f"{len(cluster)} different images at the same position ({d[i]:.2f} mm along the slice "
+                    f"normal): {_names([hs[k] for k in cluster])}. This series is not one volume (several "
+                    "phases, echoes or reconstructions share it); pass the files of one volume", where)
+            dropped += len(cluster) - 1
+        keep.append(i)
+        i = j
+    if dropped:
+        warns.append(f"dropped {dropped} duplicate image(s) at positions already present (identical pixels)")
+    hs, d, ipp = [hs[k] for k in keep], d[keep], ipp[keep]
+    n = len(hs)
+    if n < MIN_SLICES:
+        raise SeriesGeometryError(
+            f"only {n} distinct slice position(s) in {headers[0].modality or 'this'} series "
+            f"{headers[0].series_number}: a volume needs at least {MIN_SLICES} (files: {_names(hs)})", where)
+
+    ps = hs[0].pixel_spacing
+    if ps is None:
+        warns.append("no PixelSpacing; assumed 1 mm x 1 mm")
+        ps = (1.0, 1.0)
+    dd = d - d[0]
+
+    # Gantry tilt: origins move off the normal through the first slice, proportionally to position.
+    off = (ipp - ipp[0]) - dd[:, None] * normal[None, :]
+    shear = (off * dd[:, None]).sum(0) / max(float((dd ** 2).sum()), 1e-12)
+    resid = off - dd[:, None] * shear[None, :]
+    if float(np.abs(resid).max()) > LINE_TOL_MM:
+        raise SeriesGeometryError(
+            f"slice origins do not lie on a line (off by up to {np.abs(resid).max():.2f} mm): not one "
+            f"stack (files: {_names(hs)})", where)
+    shift_px = np.array([shear @ col / ps[0], shear @ row / ps[1]]) * dd[-1]  # rows, cols over the stack
+    tilt = math.degrees(math.atan(float(np.linalg.norm(shear))))
+    shifts = None
+    if float(np.abs(shift_px).max()) > TILT_PIXELS:
+        msg = (f"gantry tilt: the slices are sheared by {tilt:.2f} degrees relative to the image plane "
+               f"({np.abs(shift_px).max():.1f} pixels over the stack)")
+        if on_tilt == "error":
+            raise SeriesGeometryError(msg + "; a tilted stack is not an orthogonal volume. Pass "
+                                      "on_tilt='resample' to shift each slice onto an orthogonal grid", where)
+        warns.append(msg + "; resampled each slice in-plane onto an orthogonal grid (linear interpolation)")
+        shifts = np.stack([dd * (shear @ col) / ps[0], dd * (shear @ row) / ps[1]], axis=1)
+
+    steps = np.diff(d)
+    median = float(np.median(steps))
+    step = float(dd[-1] / (n - 1))
+    resid_z = dd - step * np.arange(n)
+    uniform = (float(np.abs(resid_z).max()) <= UNIFORM_TOL * step
+               and float(steps.max()) <= GAP_FACTOR * median and float(steps.min()) >= median / GAP_FACTOR)
+    blend = None
+    if uniform:
+        if float(np.abs(resid_z).max()) > 1e-3 * step + 1e-4:
+            warns.append("slice positions deviate from a uniform grid by up to "
+                         f"{np.abs(resid_z).max():.3f} mm "
+                         f"(steps {steps.min():.3f}..{steps.max():.3f} mm); used the mean step {step:.4f} mm")
+    else:
+        big = np.flatnonzero(steps > GAP_FACTOR * median)
+        if big.size:
+            parts = [f"{steps[k]:.2f} mm between {d[k]:.2f} and {d[k + 1]:.2f} mm (about "
+                     f"{round(steps[k] / median) - 1} missing slice(s), after {hs[k].path})" for k in big[:3]]
+            msg = f"gap(s) in slice positions (usual step {median:.3f} mm): " + "; ".join(parts)
+        else:
+            msg = f"non-uniform slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm"
+        if on_gap == "error":
+            raise SeriesGeometryError(msg + f". Pass on_gap='resample' to interpolate onto a uniform "
+                                      f"{median:.3f} mm grid", where)
+        step = median
+        m = int(round(dd[-1] / step)) + 1
+        blend = []
+        for t in step * np.arange(m):
+            k = int(np.clip(np.searchsorted(dd, t, side="right") - 1, 0, n - 2))
+            w = float(np.clip((t - dd[k]) / (dd[k + 1] - dd[k]), 0.0, 1.0))
+            if w < 1e-6:
+                blend.append(((k, 1.0),))
+            elif w > 1 - 1e-6:
+                blend.append(((k + 1, 1.0),))
+            else:
+                blend.append(((k, 1.0 - w), (k + 1, w)))
+        warns.append(msg + f"; resampled {n} slices onto {m} at {step:.3f} mm (linear interpolation)")
+
+    affine = np.eye(4)
+    affine[:3, 0] = normal * step
+    affine[:3, 1] = col * ps[0]
+    affine[:3, 2] = row * ps[1]
+    affine[:3, 3] = ipp[0]
+    return StackPlan(hs, affine, step, d, warns, blend, shifts, tilt)
+
+
+def apply_plan(stack: np.ndarray, plan: StackPlan, fill: int) -> np.ndarray:
+    """Apply the tilt shifts and gap interpolation of ``plan`` to the decoded ``stack`` (int16)."""
+    from scipy import ndimage
+
+    def source(k: int) -> np.ndarray:
+        sl = stack[k].astype(np.float32)
+        if plan.shifts is not None and np.any(plan.shifts[k] != 0):
+            sl = ndimage.shift(sl, plan.shifts[k], order=1, mode="constant", cval=float(fill))
+        return sl
+
+    if plan.blend is None:
+        if plan.shifts is None:
+            return stack
+        for k in range(stack.shape[0]):  # in place: each slice depends only on itself
+            stack[k] = np.rint(source(k))
+        return stack
+    out = np.empty((len(plan.blend),) + stack.shape[1:], np.int16)
+    for j, parts in enumerate(plan.blend):
+        acc = sum(w * source(k) for k, w in parts)
+        out[j] = np.rint(acc)
+    return out

@@ -1,0 +1,365 @@
+"""The RSNA 2022 Cervical Spine Fracture Detection layout: schema-checked tables, study folders, masks,
+and reproducible patient-level cross-validation folds.
+
+Layout under ``root``::
+
+    train.csv                  StudyInstanceUID, patient_overall, C1..C7 (0/1)
+    train_bounding_boxes.csv   StudyInstanceUID, x, y, width, height (float), slice_number (int)
+    train_images/<UID>/<N>.dcm
+    segmentations/<UID>.nii    for a subset of training studies
+    test_images/<UID>/<N>.dcm
+    test.csv                   row_id = <UID>_<prediction_type>, StudyInstanceUID, prediction_type
+    sample_submission.csv      row_id, fractured
+    test_labels.csv            (cspine's phantom only) the test studies' labels, columns of train.csv
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cspine.errors import DatasetError
+from cspine.fileio import write_text
+from cspine.labels import (
+    BOX_COLUMNS,
+    BOXES_CSV,
+    PATIENT_OVERALL,
+    RSNA_BROKEN_STUDIES,
+    SAMPLE_SUBMISSION_CSV,
+    SEGMENTATIONS,
+    STUDY_UID,
+    SUBMISSION_COLUMNS,
+    TARGETS,
+    TEST_COLUMNS,
+    TEST_CSV,
+    TEST_IMAGES,
+    TEST_LABELS_CSV,
+    TRAIN_COLUMNS,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    VERTEBRAE,
+)
+
+log = logging.getLogger(__name__)
+
+FOLD: str = "fold"
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+def _read_csv(path: Path, columns: Sequence[str], str_columns: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV and check that its columns are exactly ``columns`` (any order)."""
+    if not path.is_file():
+        raise DatasetError(f"missing file; an RSNA 2022 root needs {path.name} here", path)
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False,
+                         na_values={c: [""] for c in columns if c not in str_columns})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"not a readable CSV ({exc})", path) from exc
+    missing = [c for c in columns if c not in df.columns]
+    extra = [c for c in df.columns if c not in columns]
+    if missing or extra:
+        raise DatasetError(
+            f"columns do not match the RSNA schema: missing {missing}, unexpected {extra}; "
+            f"expected {list(columns)}", path)
+    for c in str_columns:
+        empty = df[c].str.strip() == ""
+        if empty.any():
+            raise DatasetError(f"{int(empty.sum())} empty value(s) in column {c!r} "
+                               f"(first at data row {int(np.argmax(empty.to_numpy())) + 1})", path)
+    return df[list(columns)]
+
+
+def _check_binary(df: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
+    for c in columns:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = ~values.isin([0, 1])
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise DatasetError(f"column {c!r} must hold 0 or 1, found {str(df[c].iloc[row])!r} "
+                               f"at data row {row + 1}", path)
+        df[c] = values.astype(np.int64)
+    return df
+
+
+def _check_numeric(df: pd.DataFrame, columns: Sequence[str], path: Path, integer: bool) -> pd.DataFrame:
+    for c in columns:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = values.isna() | (integer and ~np.isclose(values, np.round(values)))
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            kind = "an integer" if integer else "a number"
+            raise DatasetError(f"column {c!r} must hold {kind}, found {str(df[c].iloc[row])!r} "
+                               f"at data row {row + 1}", path)
+        df[c] = values.round().astype(np.int64) if integer else values.astype(np.float64)
+    return df
+
+
+def _check_unique(df: pd.DataFrame, column: str, path: Path) -> None:
+    dup = df[column].duplicated()
+    if dup.any():
+        raise DatasetError(f"{column} {df[column][dup].iloc[0]!r} appears more than once", path)
+
+
+def read_label_table(path: str | Path) -> pd.DataFrame:
+    """Read and validate a table with the columns of ``train.csv`` (train.csv, test_labels.csv, ...)."""
+    path = Path(path)
+    df = _read_csv(path, TRAIN_COLUMNS, [STUDY_UID])
+    df = _check_binary(df, [PATIENT_OVERALL, *VERTEBRAE], path)
+    _check_unique(df, STUDY_UID, path)
+    inconsistent = df[PATIENT_OVERALL] != df[list(VERTEBRAE)].max(axis=1)
+    if inconsistent.any():
+        log.warning("%s: %d studies have patient_overall != any(C1..C7) (first %s)", path,
+                    int(inconsistent.sum()), df[STUDY_UID][inconsistent].iloc[0])
+    return df.reset_index(drop=True)
+
+
+def _drop_broken(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    broken = df[STUDY_UID].isin(RSNA_BROKEN_STUDIES)
+    if broken.any():
+        uids = sorted(set(df[STUDY_UID][broken]))
+        msg = f"{path.name}: skipping {len(uids)} known-broken RSNA studies: {', '.join(uids)}"
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+    return df[~broken].reset_index(drop=True)
+
+
+class RsnaDataset:
+    """An RSNA 2022 root, validated on construction.
+
+    ``train.csv``, ``train_bounding_boxes.csv`` and ``train_images/`` are required; the test files,
+    ``segmentations/`` and ``test_labels.csv`` are optional (accessors say when they are absent).
+    The two known-broken studies (``labels.RSNA_BROKEN_STUDIES``) are dropped with a warning.
+
+    Example:
+        >>> ds = RsnaDataset("/data/rsna-2022")  # doctest: +SKIP
+        >>> ds.train.head(); ds.study_dir(ds.train_uids()[0]); ds.mask_path(uid)  # doctest: +SKIP
+
+    Raises:
+        DatasetError: a missing file or folder, wrong columns, bad values, malformed row_id.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError("dataset root is not a folder", self.root)
+        if not (self.root / TRAIN_IMAGES).is_dir():
+            raise DatasetError(f"missing folder {TRAIN_IMAGES}/ (one sub-folder of <N>.dcm per study)",
+                               self.root / TRAIN_IMAGES)
+        train_csv = self.root / TRAIN_CSV
+        self.train: pd.DataFrame = _drop_broken(read_label_table(train_csv), train_csv)
+        self.boxes: pd.DataFrame = self._read_boxes()
+        self._test: pd.DataFrame | None = self._read_test() if (self.root / TEST_CSV).exists() else None
+        if (self.root / SAMPLE_SUBMISSION_CSV).exists():
+            sub = _read_csv(self.root / SAMPLE_SUBMISSION_CSV, SUBMISSION_COLUMNS, ["row_id"])
+            _check_numeric(sub, ["fractured"], self.root / SAMPLE_SUBMISSION_CSV, integer=False)
+
+    # --- tables -----------------------------------------------------------------------------
+    def _read_boxes(self) -> pd.DataFrame:
+        path = self.root / BOXES_CSV
+        df = _read_csv(path, BOX_COLUMNS, [STUDY_UID])
+        df = _check_numeric(df, ["x", "y", "width", "height"], path, integer=False)
+        df = _check_numeric(df, ["slice_number"], path, integer=True)
+        df = _drop_broken(df, path)
+        unknown = ~df[STUDY_UID].isin(self.train[STUDY_UID])
+        if unknown.any():
+            log.warning("%s: %d boxes belong to studies not in %s (first %s)", path, int(unknown.sum()),
+                        TRAIN_CSV, df[STUDY_UID][unknown].iloc[0])
+        return df
+
+    def _read_test(self) -> pd.DataFrame:
+        path = self.root / TEST_CSV
+        df = _read_csv(path, TEST_COLUMNS, list(TEST_COLUMNS))
+        bad_type = ~df["prediction_type"].isin(TARGETS)
+        if bad_type.any():
+            raise DatasetError(f"prediction_type must be one of {list(TARGETS)}, found "
+                               f"{df['prediction_type'][bad_type].iloc[0]!r}", path)
+        expected = df[STUDY_UID] + "_" + df["prediction_type"]
+        bad_id = df["row_id"] != expected
+        if bad_id.any():
+            i = int(np.argmax(bad_id.to_numpy()))
+            raise DatasetError(f"row_id must be <StudyInstanceUID>_<prediction_type>: data row {i + 1} has "
+                               f"{df['row_id'].iloc[i]!r}, expected {expected.iloc[i]!r}", path)
+        _check_unique(df, "row_id", path)
+        return df.reset_index(drop=True)
+
+    @property
+    def test(self) -> pd.DataFrame:
+        """``test.csv`` (row_id, StudyInstanceUID, prediction_type)."""
+        if self._test is None:
+            raise DatasetError(f"missing file; the test split needs {TEST_CSV}", self.root / TEST_CSV)
+        return self._test
+
+    def has_test_labels(self) -> bool:
+        return (self.root / TEST_LABELS_CSV).is_file()
+
+    def test_labels(self) -> pd.DataFrame:
+        """``test_labels.csv`` (the phantom's answers for the test studies; columns of train.csv)."""
+        return read_label_table(self.root / TEST_LABELS_CSV)
+
+    # --- studies ----------------------------------------------------------------------------
+    def train_uids(self) -> list[str]:
+        return self.train[STUDY_UID].tolist()
+
+    def test_uids(self) -> list[str]:
+        """Test studies from ``test.csv``, else the folders of ``test_images/``."""
+        if self._test is not None:
+            return list(dict.fromkeys(self._test[STUDY_UID]))
+        folder = self.root / TEST_IMAGES
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def uids(self, split: str = "train") -> list[str]:
+        _check_split(split)
+        return self.train_uids() if split == "train" else self.test_uids()
+
+    def study_dir(self, uid: str, split: str = "train") -> Path:
+        """The folder of one study's ``<N>.dcm`` files.
+
+        Raises:
+            DatasetError: the folder does not exist.
+        """
+        _check_split(split)
+        folder = self.root / (TRAIN_IMAGES if split == "train" else TEST_IMAGES) / uid
+        if not folder.is_dir():
+            raise DatasetError(f"no image folder for study {uid}", folder)
+        return folder
+
+    def mask_path(self, uid: str) -> Path | None:
+        """``segmentations/<UID>.nii`` (or ``.nii.gz``) when it exists, else None."""
+        for suffix in (".nii", ".nii.gz"):
+            path = self.root / SEGMENTATIONS / f"{uid}{suffix}"
+            if path.is_file():
+                return path
+        return None
+
+    def uids_with_masks(self) -> list[str]:
+        """Training studies that have a segmentation, in train.csv order."""
+        return [u for u in self.train_uids() if self.mask_path(u) is not None]
+
+    def __repr__(self) -> str:
+        return (f"RsnaDataset({str(self.root)!r}: {len(self.train)} train, {len(self.test_uids())} test, "
+                f"{len(self.uids_with_masks())} masks)")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# --- cross-validation folds -----------------------------------------------------------------
+def pattern_keys(table: pd.DataFrame, min_count: int) -> pd.Series:
+    """A stratification key per row: the C1..C7 fracture pattern, merged into coarser keys
+    (number of fractured levels, then fractured/normal, then the commonest key of the same kind)
+    while a key has fewer than ``min_count`` rows."""
+    frac = table[list(VERTEBRAE)].to_numpy().astype(int)
+    levels = [
+        pd.Series(["".join(map(str, r)) for r in frac], index=table.index),
+        pd.Series([f"n{int(r.sum())}" for r in frac], index=table.index),
+        pd.Series(["fractured" if r.any() else "normal" for r in frac], index=table.index),
+    ]
+    key = levels[0].copy()
+    for coarser in levels[1:]:
+        counts = key.map(key.value_counts())
+        key = key.where(counts >= min_count, coarser)
+    # Still-rare leftovers join the commonest key of their kind (fractured or normal).
+    fractured = levels[2] == "fractured"
+    counts = key.map(key.value_counts())
+    for is_frac in (True, False):
+        rare = (counts < min_count) & (fractured == is_frac)
+        common = key[(counts >= min_count) & (fractured == is_frac)]
+        if rare.any() and len(common):
+            key = key.where(~rare, common.value_counts().index[0])
+    return key
+
+
+def make_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Patient-level folds stratified on the fracture pattern.
+
+    A patient is a ``patient_id`` column when the table has one (several studies of one patient stay
+    in one fold), else a StudyInstanceUID (RSNA has one study per patient). The result does not
+    depend on the table's row order.
+
+    Args:
+        table: rows with StudyInstanceUID and C1..C7 (e.g. ``RsnaDataset.train``).
+        n_folds: number of folds (>= 2).
+        seed: shuffling seed.
+
+    Returns:
+        DataFrame[StudyInstanceUID, fold] sorted by StudyInstanceUID, folds 0..n_folds-1.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    missing = [c for c in (STUDY_UID, *VERTEBRAE) if c not in table.columns]
+    if missing:
+        raise DatasetError(f"cannot make folds: the table lacks columns {missing}")
+    df = table.drop_duplicates(STUDY_UID).sort_values(STUDY_UID).reset_index(drop=True)
+    group_col = "patient_id" if "patient_id" in df.columns else STUDY_UID
+    n_groups = df[group_col].nunique()
+    if n_groups < n_folds:
+        raise DatasetError(f"cannot make {n_folds} folds from {n_groups} patients")
+    key = pattern_keys(df, n_folds)
+    with warnings.catch_warnings():
+        # "The least populated class has only k members": expected for the merged 'rare' key.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        if group_col == STUDY_UID:
+            splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(df)), key)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(df)), key, groups=df[group_col])
+        fold = np.full(len(df), -1, dtype=np.int64)
+        for f, (_, val) in enumerate(splits):
+            fold[val] = f
+    return pd.DataFrame({STUDY_UID: df[STUDY_UID], FOLD: fold})
+
+
+def save_folds(folds: pd.DataFrame, path: str | Path) -> None:
+    """Write folds as CSV (StudyInstanceUID, fold), atomically."""
+    write_text(path, folds[[STUDY_UID, FOLD]].to_csv(index=False))
+
+
+def load_folds(path: str | Path) -> pd.DataFrame:
+    """Read a folds CSV written by :func:`save_folds`.
+
+    Raises:
+        DatasetError: missing file, wrong columns, non-integer or negative folds, duplicate studies.
+    """
+    path = Path(path)
+    df = _read_csv(path, (STUDY_UID, FOLD), [STUDY_UID])
+    df = _check_numeric(df, [FOLD], path, integer=True)
+    if (df[FOLD] < 0).any():
+        raise DatasetError("fold numbers must be >= 0", path)
+    _check_unique(df, STUDY_UID, path)
+    return df
+
+
+def get_or_make_folds(table: pd.DataFrame, path: str | Path, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Load the folds at ``path`` when the file exists, else make them and save them there.
+
+    A run that trains on ``table`` then always sees the same split, whoever made the file first.
+
+    Raises:
+        DatasetError: the saved folds do not cover every study of ``table``, or were made with
+            another number of folds.
+    """
+    path = Path(path)
+    if not path.exists():
+        folds = make_folds(table, n_folds=n_folds, seed=seed)
+        save_folds(folds, path)
+        log.info("wrote %d-fold split of %d studies to %s", n_folds, len(folds), path)
+        return folds
+    folds = load_folds(path)
+    missing = sorted(set(table[STUDY_UID]) - set(folds[STUDY_UID]))
+    if missing:
+        raise DatasetError(f"the saved folds lack {len(missing)} studies of the table (first {missing[0]}); "
+                           "delete the file to make new folds", path)
+    found = int(folds[FOLD].max()) + 1
+    if found != n_folds:
+        raise DatasetError(f"the saved folds have {found} folds, {n_folds} were asked for", path)
+    return folds

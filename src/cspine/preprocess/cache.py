@@ -1,0 +1,313 @@
+"""Decode each RSNA study once into a memory-mappable cache that the CT stages train from.
+
+Layout of ``<cache>/<StudyInstanceUID>/``:
+
+* ``volume.npy``: int16 HU, canonical orientation (see :mod:`cspine.io.volume`), ``np.load(mmap_mode="r")``;
+* ``geometry.json``: affine, spacing, shape, the slice map (array index -> InstanceNumber, SOPInstanceUID,
+  source file) and the volume's non-identifying ``meta``;
+* ``mask.npy``: uint8 (or uint16) labels on the same grid, when the study has a segmentation;
+* ``done.json``: the marker, written last and atomically. A study without it is redone.
+
+``<cache>/summary.json`` holds the last run's summary (failed studies and why).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cspine.errors import CspineError
+from cspine.fileio import read_json, write_json, write_npy
+from cspine.io.volume import SliceInfo, Volume
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+VOLUME_FILE = "volume.npy"
+MASK_FILE = "mask.npy"
+GEOMETRY_FILE = "geometry.json"
+DONE_FILE = "done.json"
+SUMMARY_FILE = "summary.json"
+
+#: A study loader: study folder -> canonical Volume. Default: ``cspine.io.study.load_study``.
+Loader = Callable[[Path], Volume]
+
+
+@dataclass
+class StudyResult:
+    """What happened to one study in :func:`prepare_cache`."""
+
+    uid: str
+    status: str  # "done" | "skipped" | "failed"
+    reason: str | None = None
+    shape: tuple[int, int, int] | None = None
+    has_mask: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class PrepareSummary:
+    """Outcome of a :func:`prepare_cache` run."""
+
+    cache_dir: str
+    split: str
+    total: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    #: StudyInstanceUID -> why it could not be cached.
+    failed: dict[str, str] = field(default_factory=dict)
+    masks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load_default(folder: Path, workers: int | None = None) -> Volume:
+    from cspine.io.study import load_study
+
+    return load_study(folder, workers=workers)
+
+
+def _json_safe(value: Any) -> Any:
+    """Meta values as plain JSON (pydicom values, numpy scalars, tuples...)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _geometry(volume: Volume, study_dir: Path, has_mask: bool, split: str) -> dict[str, Any]:
+    # Volume.meta is non-identifying by contract; drop Patient* keys anyway so no cache file holds them.
+    meta = {k: v for k, v in volume.meta.items() if not str(k).lower().startswith("patient")}
+    return {
+        "format": CACHE_FORMAT,
+        "split": split,
+        "shape": list(volume.shape),
+        "spacing": list(volume.spacing),
+        "affine": volume.affine.tolist(),
+        "has_mask": has_mask,
+        "slices": [
+            {"index": k, "instance_number": s.instance_number, "sop_instance_uid": s.sop_instance_uid,
+             "file": None if s.path is None else Path(s.path).name}
+            for k, s in enumerate(volume.slices)
+        ],
+        "meta": _json_safe(meta),
+        "source_dir": str(study_dir),
+    }
+
+
+def prepare_study(uid: str, study_dir: Path, mask_path: Path | None, out_dir: Path, split: str = "train",
+                  loader: Loader | None = None) -> StudyResult:
+    """Decode one study into ``out_dir`` (volume, geometry, mask, then the marker). Never raises:
+    a failure comes back as a ``failed`` result with its reason."""
+    from cspine.io.nifti import load_mask_on_grid
+
+    t0 = time.perf_counter()
+    try:
+        if not study_dir.is_dir():
+            raise CspineError("no image folder for this study", study_dir)
+        volume = (loader or _load_default)(study_dir)
+        if volume.hu.dtype != np.int16:
+            raise CspineError(f"the loader returned {volume.hu.dtype}, expected int16 HU", study_dir)
+        (out_dir / DONE_FILE).unlink(missing_ok=True)
+        write_npy(out_dir / VOLUME_FILE, volume.hu)
+        if mask_path is not None:
+            write_npy(out_dir / MASK_FILE, load_mask_on_grid(mask_path, volume))
+        else:
+            (out_dir / MASK_FILE).unlink(missing_ok=True)
+        write_json(out_dir / GEOMETRY_FILE, _geometry(volume, study_dir, mask_path is not None, split))
+        write_json(out_dir / DONE_FILE, {"format": CACHE_FORMAT, "uid": uid, "time": time.time()})
+        return StudyResult(uid, "done", None, volume.shape, mask_path is not None, time.perf_counter() - t0)
+    except Exception as exc:  # one bad study must never stop the run
+        reason = str(exc) if isinstance(exc, CspineError) else f"{type(exc).__name__}: {exc}"
+        return StudyResult(uid, "failed", reason, None, False, time.perf_counter() - t0)
+
+
+def is_done(study_out: Path) -> bool:
+    """True when the study's marker exists and has the current cache format."""
+    marker = study_out / DONE_FILE
+    if not marker.is_file():
+        return False
+    try:
+        return read_json(marker).get("format") == CACHE_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def _progress(total: int, enabled: bool, split: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(f"[bold]prepare {split}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[last]}"), disable=not enabled,
+                    transient=False)
+
+
+def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, split: str = "train",
+                  progress: bool = True, loader: Loader | None = None,
+                  uids: list[str] | None = None) -> PrepareSummary:
+    """Decode every study of an RSNA root once into ``cache_dir`` (resumable).
+
+    Studies whose marker exists are skipped; a study that fails is recorded with its reason and the
+    run goes on. The summary is also written to ``<cache>/summary.json``.
+
+    Args:
+        root: RSNA 2022 layout root (validated by :class:`cspine.io.rsna.RsnaDataset`).
+        cache_dir: output folder.
+        workers: processes decoding studies in parallel (1 = in this process).
+        split: ``"train"`` (with masks) or ``"test"``.
+        progress: show a rich progress bar.
+        loader: study folder -> canonical Volume (default ``cspine.io.study.load_study``); must be a
+            module-level function when ``workers > 1``.
+        uids: restrict to these studies (default: all of the split).
+
+    Returns:
+        The :class:`PrepareSummary`.
+
+    Raises:
+        DatasetError: the root's layout or CSVs are invalid.
+    """
+    from cspine.io.rsna import RsnaDataset
+
+    t0 = time.perf_counter()
+    dataset = RsnaDataset(root)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if loader is None:
+        # Several studies at once: one decoding process each, not a pool per study on top of ours.
+        loader = functools.partial(_load_default, workers=1 if workers > 1 else None)
+    all_uids = dataset.uids(split) if uids is None else list(uids)
+    summary = PrepareSummary(str(cache_dir), split, len(all_uids))
+    todo: list[tuple[str, Path, Path | None, Path, str, Loader | None]] = []
+    for uid in all_uids:
+        if is_done(cache_dir / uid):
+            summary.skipped.append(uid)
+            continue
+        study_dir = dataset.root / ("train_images" if split == "train" else "test_images") / uid
+        mask = dataset.mask_path(uid) if split == "train" else None
+        todo.append((uid, study_dir, mask, cache_dir / uid, split, loader))
+    if summary.skipped:
+        log.info("%d of %d studies already cached: skipped", len(summary.skipped), len(all_uids))
+
+    with _progress(len(all_uids), progress, split) as bar:
+        task = bar.add_task("prepare", total=len(all_uids), completed=len(summary.skipped), last="")
+        for result in _run(todo, workers):
+            if result.status == "done":
+                summary.done.append(result.uid)
+                summary.masks += int(result.has_mask)
+            else:
+                summary.failed[result.uid] = result.reason or "unknown error"
+                log.warning("study %s failed: %s", result.uid, result.reason)
+            bar.update(task, advance=1, last=f"{result.uid[-12:]} {result.status}")
+    summary.seconds = time.perf_counter() - t0
+    write_json(cache_dir / SUMMARY_FILE, summary.to_dict())
+    return summary
+
+
+def _run(todo: list[tuple[Any, ...]], workers: int) -> Iterator[StudyResult]:
+    if workers <= 1 or len(todo) <= 1:
+        for args in todo:
+            yield prepare_study(*args)
+        return
+    # forkserver: the parent runs a progress-bar thread, and forking a threaded process can deadlock.
+    method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        futures: dict[Future[StudyResult], str] = {pool.submit(prepare_study, *a): a[0] for a in todo}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except BrokenProcessPool:
+                yield StudyResult(futures[fut], "failed", "a worker process died (out of memory?); rerun")
+            except Exception as exc:  # e.g. an unpicklable loader
+                yield StudyResult(futures[fut], "failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        # On Ctrl-C (or any error) do not start the queued studies; finished ones keep their markers.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StudyCache:
+    """Read access to a cache written by :func:`prepare_cache`.
+
+    Example:
+        >>> cache = StudyCache("cache/")  # doctest: +SKIP
+        >>> vol = cache.load(cache.uids()[0]); mask = cache.load_mask(vol.study_uid)  # doctest: +SKIP
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir)
+        if not self.cache_dir.is_dir():
+            raise CspineError("cache folder not found; run `cspine ct prepare` first", self.cache_dir)
+
+    def uids(self) -> list[str]:
+        """Finished studies, sorted."""
+        return sorted(p.name for p in self.cache_dir.iterdir() if p.is_dir() and is_done(p))
+
+    def has(self, uid: str) -> bool:
+        return is_done(self.cache_dir / uid)
+
+    def _dir(self, uid: str) -> Path:
+        folder = self.cache_dir / uid
+        if not is_done(folder):
+            raise CspineError(f"study {uid} is not in the cache (or unfinished); run `cspine ct prepare`",
+                              folder)
+        return folder
+
+    def geometry(self, uid: str) -> dict[str, Any]:
+        return read_json(self._dir(uid) / GEOMETRY_FILE)
+
+    def load(self, uid: str, mmap: bool = True) -> Volume:
+        """The cached Volume; ``hu`` is a read-only memory map unless ``mmap=False``."""
+        folder = self._dir(uid)
+        geo = read_json(folder / GEOMETRY_FILE)
+        hu = np.load(folder / VOLUME_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        slices = tuple(
+            SliceInfo(None if s["file"] is None else str(Path(geo["source_dir"]) / s["file"]),
+                      s["instance_number"], s["sop_instance_uid"])
+            for s in geo["slices"])
+        meta = dict(geo.get("meta", {}))
+        meta.setdefault("StudyInstanceUID", uid)
+        return Volume(hu, np.asarray(geo["affine"], dtype=np.float64), slices, meta)
+
+    def load_mask(self, uid: str, mmap: bool = False) -> np.ndarray | None:
+        """The label map on the volume's grid, or None when the study has no segmentation."""
+        path = self._dir(uid) / MASK_FILE
+        if not path.is_file():
+            return None
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def summary(self) -> dict[str, Any] | None:
+        """The last run's summary (``summary.json``), if any."""
+        path = self.cache_dir / SUMMARY_FILE
+        return read_json(path) if path.is_file() else None
+
+    def remove(self, uid: str) -> None:
+        """Drop one study from the cache (it is redone by the next prepare)."""
+        folder = self.cache_dir / uid
+        if folder.is_dir():
+            (folder / DONE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(folder)

@@ -1,0 +1,63 @@
+"""The paper's preprocessing: grayscale -> 3 channels, square resize, ImageNet normalisation.
+
+The image is resized to ``size x size`` without keeping the aspect ratio, as the paper's
+pipeline did (MATLAB's augmented image datastore squashes). Augmentation (off by default): a
+random rotation of up to +-``max_rotation`` degrees and a contrast change by a factor in
+[1 - ``max_contrast``, 1 + ``max_contrast``] around the image mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random training augmentation; ``enabled=False`` (the default) leaves images unchanged."""
+
+    enabled: bool = False
+    max_rotation: float = 5.0
+    max_contrast: float = 0.1
+
+
+def resize_unit(img: np.ndarray, size: int) -> torch.Tensor:
+    """A ``(H, W)`` [0, 1] image as a ``(1, size, size)`` float32 tensor (antialiased bilinear)."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].clamp_(0, 1)
+
+
+def augment(gray: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate and change the contrast of a ``(1, S, S)`` [0, 1] tensor."""
+    if not aug.enabled:
+        return gray
+    r = torch.rand(2, generator=generator)
+    angle = math.radians((2 * float(r[0]) - 1) * aug.max_rotation)
+    c, s = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=gray.dtype)
+    grid = F.affine_grid(theta, [1, *gray.shape], align_corners=False)
+    out = F.grid_sample(gray[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    factor = 1 + (2 * float(r[1]) - 1) * aug.max_contrast
+    mean = out.mean()
+    return ((out - mean) * factor + mean).clamp_(0, 1)
+
+
+def normalize(gray: torch.Tensor) -> torch.Tensor:
+    """``(1, S, S)`` [0, 1] -> ``(3, S, S)`` ImageNet-normalised (the gray copied to R, G and B)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=gray.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=gray.dtype).view(3, 1, 1)
+    return (gray.expand(3, -1, -1) - mean) / std
+
+
+def preprocess(img: np.ndarray, size: int) -> torch.Tensor:
+    """Inference preprocessing of one image: resize, 3 channels, normalise -> ``(3, size, size)``."""
+    return normalize(resize_unit(img, size))

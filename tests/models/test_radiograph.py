@@ -1,0 +1,94 @@
+"""Radiograph models: shapes, the paper's head, fine-tune modes, local pretrained weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cspine.errors import CheckpointError
+from cspine.models.radiograph import XrayConfig, build_xray_model, imagenet_weights_path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # As under xdist in CI: one torch thread (two threads on a shared 2-core box are much slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_default_sizes_and_head() -> None:
+    assert XrayConfig(arch="alexnet").image_size == 227
+    assert XrayConfig(arch="googlenet").image_size == 224
+    m = build_xray_model(XrayConfig(arch="googlenet", image_size=32, hidden=16))
+    kinds = [type(x).__name__ for x in m.head]
+    assert kinds == ["Dropout", "Linear", "ReLU", "Linear"]
+    assert m.head[1].in_features == 1024 and m.head[3].out_features == 3
+    assert m.backbone.aux1 is None and m.backbone.aux2 is None  # aux_logits off: one output
+    m.train()
+    out = m(torch.rand(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    m.eval()
+    p = m.predict_proba(torch.rand(2, 3, 32, 32))
+    torch.testing.assert_close(p.sum(1), torch.ones(2))
+
+
+def test_alexnet_keeps_fc7_and_replaces_fc8() -> None:
+    m = build_xray_model(XrayConfig(arch="alexnet", image_size=63, hidden=8, classes=("a", "b")))
+    assert m.backbone.classifier[-2].out_features == 4096  # fc7 kept, fc8 removed
+    assert m.head[1].in_features == 4096
+    with torch.no_grad():
+        assert m.eval()(torch.rand(1, 3, 63, 63)).shape == (1, 2)
+
+
+def test_finetune_head_freezes_backbone_and_its_batchnorm() -> None:
+    m = build_xray_model(XrayConfig(arch="googlenet", image_size=32, finetune="head"))
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+    assert all(p.requires_grad for p in m.head.parameters())
+    m.train()
+    assert not m.backbone.training and m.head.training
+    bn = m.backbone.conv1.bn
+    before = bn.running_mean.clone()
+    m(torch.rand(2, 3, 32, 32) * 5)
+    torch.testing.assert_close(bn.running_mean, before)
+
+
+def test_pretrained_from_local_file(tmp_path: Path) -> None:
+    src = build_xray_model(XrayConfig(arch="googlenet", image_size=32))
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in src.backbone.state_dict().items()}, str(path))
+    m = build_xray_model(XrayConfig(arch="googlenet", image_size=32, pretrained=str(path)))
+    torch.testing.assert_close(m.backbone.conv1.conv.weight, src.backbone.conv1.conv.weight)
+    # a torchvision-style .pth state dict, loaded tensors-only
+    pth = tmp_path / "backbone.pth"
+    torch.save(src.backbone.state_dict(), pth)
+    m2 = build_xray_model(XrayConfig(arch="googlenet", image_size=32, pretrained=str(pth)))
+    torch.testing.assert_close(m2.backbone.inception5b.branch1.conv.weight,
+                               src.backbone.inception5b.branch1.conv.weight)
+
+
+def test_pretrained_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match="googlenet-1378be20.pth"):
+        build_xray_model(XrayConfig(arch="googlenet", image_size=32, pretrained="imagenet"))
+    assert imagenet_weights_path("alexnet").name == "alexnet-owt-7be5be79.pth"
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"x": torch.zeros(3)}, str(wrong))
+    with pytest.raises(CheckpointError, match="wrong.safetensors"):
+        build_xray_model(XrayConfig(arch="googlenet", image_size=32, pretrained=str(wrong)))
+    with pytest.raises(CheckpointError, match="not found"):
+        build_xray_model(XrayConfig(arch="googlenet", image_size=32, pretrained=str(tmp_path / "none.pth")))
+
+
+def test_bad_configs() -> None:
+    with pytest.raises(ValueError):
+        XrayConfig(arch="resnet")
+    with pytest.raises(ValueError):
+        XrayConfig(classes=("only",))
+    with pytest.raises(ValueError):
+        XrayConfig(arch="alexnet", image_size=32)
