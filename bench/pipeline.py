@@ -338,7 +338,8 @@ def main() -> None:
             [[f"{args.size}x{args.size}x{args.mem_slices} JPEG lossless (synthetic)",
               f"{mem['peak_mib']:.0f}", f"{mem['after_model_load_mib']:.0f}",
               f"{mem['seconds']['total']:.1f}"]])
-    notes = (f"`bench/pipeline.py --preset {args.preset} --repeats {args.repeats}`: {models}, device "
+    how = "--model RUN" if args.model else f"--preset {args.preset}"
+    notes = (f"`bench/pipeline.py {how} --repeats {args.repeats}`: {models}, device "
              f"{facts['device']}, {torch.get_num_threads()} torch threads. Median of {args.repeats} runs "
              f"after one warm-up (totals {facts['totals']}); model load {facts['load_s']:.1f} s not "
              "included. "

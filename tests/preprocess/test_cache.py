@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _rsna_fixture import write_rsna_layout
-from cspine.preprocess.cache import DONE_FILE, StudyCache, prepare_cache
+from cspine.preprocess.cache import DONE_FILE, PSEUDO_MASK_FILE, StudyCache, prepare_cache
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,11 @@ def test_resume_skips_finished_and_redoes_unmarked(rsna, tmp_path: Path) -> None
     victim = rsna.train_uids[1]
     (tmp_path / "c" / victim / DONE_FILE).unlink()
     np.save(tmp_path / "c" / victim / "volume.npy", np.zeros((1, 1, 1), np.int16))  # half-written
+    stale = tmp_path / "c" / victim / PSEUDO_MASK_FILE  # stage-1 labels of the old volume
+    np.save(stale, np.zeros((1, 1, 1), np.uint8))
     third = prepare_cache(rsna.root, tmp_path / "c", progress=False)
     assert third.done == [victim] and len(third.skipped) == 2
+    assert not stale.exists()
     np.testing.assert_array_equal(StudyCache(tmp_path / "c").load(victim).hu, rsna.hu[victim])
 
 

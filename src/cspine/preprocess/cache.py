@@ -39,6 +39,8 @@ VOLUME_FILE = "volume.npy"
 MASK_FILE = "mask.npy"
 GEOMETRY_FILE = "geometry.json"
 DONE_FILE = "done.json"
+#: Stage-1 labels for a study without a true mask (written by ``cspine.ct.seg.pseudo``).
+PSEUDO_MASK_FILE = "pseudo_mask.npy"
 SUMMARY_FILE = "summary.json"
 
 #: A study loader: study folder -> canonical Volume. Default: ``cspine.io.study.load_study``.
@@ -134,6 +136,8 @@ def prepare_study(uid: str, study_dir: Path, mask_path: Path | None, out_dir: Pa
         if volume.hu.dtype != np.int16:
             raise CspineError(f"the loader returned {volume.hu.dtype}, expected int16 HU", study_dir)
         (out_dir / DONE_FILE).unlink(missing_ok=True)
+        # A pseudo mask belongs to the volume it was predicted on: a re-decoded study needs a new one.
+        (out_dir / PSEUDO_MASK_FILE).unlink(missing_ok=True)
         write_npy(out_dir / VOLUME_FILE, volume.hu)
         if mask_path is not None:
             write_npy(out_dir / MASK_FILE, load_mask_on_grid(mask_path, volume))

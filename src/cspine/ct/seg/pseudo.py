@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from cspine.fileio import write_npy
+from cspine.preprocess.cache import PSEUDO_MASK_FILE
 
 from .predict import SegModel, segment
 
 log = logging.getLogger(__name__)
 
-#: File name of a pseudo-label map inside a study's cache folder.
-PSEUDO_MASK = "pseudo_mask.npy"
+#: File name of a pseudo-label map inside a study's cache folder (the cache owns its layout).
+PSEUDO_MASK = PSEUDO_MASK_FILE
 
 
 def _has_true_mask(store: object, uid: str) -> bool:
