@@ -37,8 +37,9 @@ def _root(
                                  help="Print the version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Our own messages at INFO; third-party libraries (openjpeg logs every tile) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cspine").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main() -> None:
