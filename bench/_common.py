@@ -8,8 +8,10 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
@@ -77,3 +79,62 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_jpeg_lossless_series(folder: Path, slices: Iterable[np.ndarray],
+                               spacing: tuple[float, float, float],
+                               study_uid: str | None = None) -> list[Path]:
+    """Write HU slices (slice 0 cranial) as JPEG Lossless SV1 CT files ``<N>.dcm``, the way the decode and
+    pipeline benchmarks have always built their studies: signed 16-bit, intercept -1024, encoded by GDCM."""
+    import gdcm
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = study_uid or generate_uid(), generate_uid(), generate_uid()
+    dz, dy, dx = spacing
+    paths = []
+    for k, hu in enumerate(slices):
+        ny, nx = hu.shape
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CT"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SeriesNumber, ds.InstanceNumber = 2, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-(nx - 1) * dx / 2, -(ny - 1) * dy / 2, -k * dz]
+        ds.PixelSpacing = [dy, dx]
+        ds.SliceThickness = dz
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = ny, nx
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (hu.astype(np.int32) + 1024).astype(np.int16).tobytes()
+        raw = folder / f"raw_{k}.dcm"
+        ds.save_as(raw, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(raw))
+        if not reader.Read():
+            raise RuntimeError(f"GDCM cannot read {raw}")
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError("GDCM could not encode JPEG lossless")
+        out = folder / f"{k + 1}.dcm"
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(out))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError(f"GDCM cannot write {out}")
+        raw.unlink()
+        paths.append(out)
+    return paths

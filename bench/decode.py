@@ -67,56 +67,10 @@ def phantom_slice(k: int, n: int, size: int = 512, seed: int = 0) -> np.ndarray:
 
 def write_study(folder: Path, n: int = 300, size: int = 512) -> list[Path]:
     """Write ``n`` JPEG-lossless CT slices (1 mm apart, InstanceNumber cranial -> caudal) to ``folder``."""
-    import gdcm
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from _common import write_jpeg_lossless_series
 
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.SeriesNumber, ds.InstanceNumber = 2, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-125.0, -125.0, -float(k)]
-        ds.PixelSpacing = [0.488281, 0.488281]
-        ds.SliceThickness = 1.0
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (phantom_slice(k, n, size).astype(np.int32) + 1024).astype(np.int16).tobytes()
-        raw = folder / f"raw_{k}.dcm"
-        ds.save_as(raw, enforce_file_format=True)
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(raw))
-        if not reader.Read():
-            raise RuntimeError(f"GDCM cannot read {raw}")
-        change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-        change.SetInput(reader.GetImage())
-        if not change.Change():
-            raise RuntimeError("GDCM could not encode JPEG lossless")
-        writer = gdcm.ImageWriter()
-        out = folder / f"{k + 1}.dcm"
-        writer.SetFileName(str(out))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        if not writer.Write():
-            raise RuntimeError(f"GDCM cannot write {out}")
-        raw.unlink()
-        paths.append(out)
-    return paths
+    return write_jpeg_lossless_series(folder, (phantom_slice(k, n, size) for k in range(n)),
+                                      (1.0, 0.488281, 0.488281))
 
 
 # --- readers (each runs inside its own subprocess) ----------------------------------------------------

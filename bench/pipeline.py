@@ -63,56 +63,11 @@ def write_jpeg_lossless_study(folder: Path, hu: np.ndarray, spacing: tuple[float
     With ``repeat > 1`` each slice is written ``repeat`` times at ``spacing[0] / repeat`` apart (a
     taller study from the same anatomy). Returns the number of files.
     """
-    import gdcm
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from _common import write_jpeg_lossless_series
 
-    folder.mkdir(parents=True, exist_ok=True)
-    series, frame = generate_uid(), generate_uid()
-    nz, ny, nx = hu.shape
-    dz, dy, dx = spacing[0] / repeat, spacing[1], spacing[2]
-    n = nz * repeat
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = STUDY_UID, series, frame
-        ds.SeriesNumber, ds.InstanceNumber = 2, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-(nx - 1) * dx / 2, -(ny - 1) * dy / 2, -k * dz]
-        ds.PixelSpacing = [dy, dx]
-        ds.SliceThickness = dz
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = ny, nx
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (hu[k // repeat].astype(np.int32) + 1024).astype(np.int16).tobytes()
-        raw = folder / f"raw_{k}.dcm"
-        ds.save_as(raw, enforce_file_format=True)
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(raw))
-        if not reader.Read():
-            raise RuntimeError(f"GDCM cannot read {raw}")
-        change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-        change.SetInput(reader.GetImage())
-        if not change.Change():
-            raise RuntimeError("GDCM could not encode JPEG lossless")
-        writer = gdcm.ImageWriter()
-        writer.SetFileName(str(folder / f"{k + 1}.dcm"))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        if not writer.Write():
-            raise RuntimeError(f"GDCM cannot write {folder / f'{k + 1}.dcm'}")
-        raw.unlink()
-    return n
+    slices = (hu[k // repeat] for k in range(hu.shape[0] * repeat))
+    step = (spacing[0] / repeat, spacing[1], spacing[2])
+    return len(write_jpeg_lossless_series(folder, slices, step, study_uid=STUDY_UID))
 
 
 def make_study(workdir: Path, slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, tuple, float]:

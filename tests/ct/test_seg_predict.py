@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,7 @@ from cspine.synth.phantom import make_phantom
 CFG = SegConfig(backbone="resnet18", image_size=64, z_spacing=4.0, decoder_channels=(16, 16, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny convolutions: a second thread only adds contention on a shared CPU
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _ThresholdNet(torch.nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,7 @@ TINY = SegConfig(backbone="tu-mobilenetv3_small_050", image_size=64, z_spacing=4
                  decoder_channels=(32, 32, 16, 16, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny convolutions gain nothing from a second thread, and on a shared CPU two threads can be far
-    # slower than one.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(seeds: range, size: int = 64) -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,7 @@ from safetensors.torch import save_file
 from cspine.errors import CheckpointError
 from cspine.models.radiograph import XrayConfig, build_xray_model, imagenet_weights_path
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # As under xdist in CI: one torch thread (two threads on a shared 2-core box are much slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_sizes_and_head() -> None:
