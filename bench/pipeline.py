@@ -24,19 +24,34 @@ Usage::
     .venv/bin/python bench/pipeline.py [--slices 300] [--mem-slices 600] [--repeats 3] [--preset paper|fast]
                                        [--model RUN] [--threads N] [--workdir DIR] [--no-append]
 
-``--quality`` runs the product end to end through its CLI on a fresh phantom set and reports
-*synthetic* quality: ``cspine synth ct`` (``--q-train`` training + ``--q-test`` held-out studies),
-``cspine ct train --stage all --preset fast``, ``cspine ct predict`` on the held-out studies and
-``cspine ct evaluate`` against their labels: patient AUC (95% CI), mean vertebra AUC, RSNA weighted log
-loss and the prevalence baseline's. The one-stage baseline (the same CNN + GRU over the whole study) is
-not implemented yet and is reported as missing::
+``--quality`` trains both systems on the same phantom set and split and reports *synthetic* quality
+on its held-out studies (patient AUC with 95% CI, mean vertebra AUC, RSNA weighted log loss, and the
+loss of predicting the training prevalence):
 
-    .venv/bin/python bench/pipeline.py --quality --q-train 200 --q-test 50 --q-size 256 [--q-epochs N]
+* two-stage: :func:`cspine.ct.demo.run_demo` with the demo's configuration
+  (:class:`cspine.ct.demo.DemoConfig`, read at run time) resized to ``--q-train``/``--q-test``/``--q-size``:
+  phantoms, cache, stage 1 + pseudo-labels, stage 2 (:func:`cspine.ct.presets.train_run`),
+  :func:`cspine.ct.pipeline.predict_many` on the held-out DICOM studies, :func:`cspine.ct.evaluate.evaluate`;
+* one-stage baseline (:mod:`cspine.ct.baseline`): the same CNN + BiGRU + attention over the whole
+  study, trained with the stage-2 configuration read back from the trained ``run/cls/config.json``
+  (backbone, image size, ``k``, epochs, lr, batch size, seed, validation fraction), twice stage 2's
+  slices over the whole scan, on the same cached studies; predicted from the same held-out DICOM
+  studies and scored by the same ``evaluate``.
+
+``--workdir`` keeps everything and a rerun reuses every finished step (seconds of the steps that ran
+earlier are kept in ``quality.json``). ``--q-epochs`` overrides both stages' (and so the baseline's)
+epochs and ``--q-max-steps`` caps the stage-2/baseline steps per epoch, for smoke runs only;
+``--q-baseline-epochs`` trains the baseline longer or shorter than stage 2 (an epoch of the baseline is
+one pass over the studies, of stage 2 one pass over the crops: seven times as many steps)::
+
+    .venv/bin/python bench/pipeline.py --quality --q-train 200 --q-test 50 --q-size 256 --threads 2 \
+        --workdir runs/bench_quality
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -46,6 +61,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,54 +186,131 @@ def _child_mem(study: Path, run: Path, device: str | None) -> None:
                       "shape": list(r.shape or ())}))
 
 
-def _cli(*argv: str) -> float:
-    """Run ``cspine ARGV...`` (the installed console script's module) and return its seconds."""
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-c", "from cspine.cli.main import main; main()", *argv]
-    print("$ cspine " + " ".join(argv), flush=True)
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
+def quality_configs(args: argparse.Namespace) -> Any:
+    """The demo's configuration (read now: it is being tuned) resized by the ``--q-*`` options."""
+    from cspine.ct.demo import DemoConfig
+
+    base = DemoConfig()
+    changes: dict[str, Any] = {"n_train": args.q_train, "n_test": args.q_test, "size": args.q_size}
+    if args.q_epochs:
+        changes.update(seg_epochs=args.q_epochs, cls_epochs=args.q_epochs)
+    if args.q_max_steps:
+        changes["cls_overrides"] = dict(base.cls_overrides, max_steps_per_epoch=args.q_max_steps)
+        changes["seg_slices_per_epoch"] = min(base.seg_slices_per_epoch, 8 * args.q_max_steps)
+    return dataclasses.replace(base, **changes)
+
+
+def stage2_train_config(run: Path) -> tuple[Any, list[str] | None]:
+    """The stage-2 ``ClsTrainConfig`` the two-stage run trained with (from its config.json) and its
+    validation studies."""
+    from cspine.checkpoint import config_from_dict, read_config
+    from cspine.ct.cls.train import ClsTrainConfig
+    from cspine.models.vertebra_classifier import ClsConfig
+
+    doc = read_config(run / "cls", "vertebra_classifier")
+    names = {f.name for f in dataclasses.fields(ClsTrainConfig)} - {"model"}
+    train = {k: v for k, v in doc["extra"]["train"].items() if k in names}
+    cfg = ClsTrainConfig(model=config_from_dict(ClsConfig, doc["config"]), **train)
+    return cfg, doc["extra"].get("val_uids")
+
+
+def _steps(cfg: Any, n_samples: int | None) -> int | str:
+    """Optimizer steps of a stage-2-style training run over ``n_samples`` training samples."""
+    if not n_samples:
+        return "n/a"
+    per_epoch = max(1, -(-n_samples // cfg.batch_size))
+    if cfg.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
+    return per_epoch * cfg.epochs
 
 
 def quality(args: argparse.Namespace) -> None:
-    """Synthetic quality of the trained two-stage system (see the module docstring)."""
+    """Synthetic quality of the two-stage system and the one-stage baseline (see the module docstring)."""
+    import torch
+
+    from cspine.ct.baseline.predict import BaselineModel, predict_studies
+    from cspine.ct.baseline.train import baseline_train_config, train_baseline
+    from cspine.ct.demo import run_demo
+    from cspine.ct.evaluate import evaluate
+    from cspine.fileio import read_json, write_json
+    from cspine.labels import TEST_LABELS_CSV
+
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cspine-bench-quality-"))
-    data, run, pred, ev = work / "data", work / "run", work / "pred", work / "eval"
-    seconds = {}
-    if not (data / "test_labels.csv").is_file():
-        seconds["synth"] = _cli("synth", "ct", "--out", str(data), "--studies", str(args.q_train),
-                                "--test-studies", str(args.q_test), "--size", str(args.q_size))
-    train = ["ct", "train", "--data", str(data), "--out", str(run), "--stage", "all",
-             "--preset", args.q_preset, "--resume"]
-    if args.q_epochs:
-        train += ["--epochs", str(args.q_epochs)]
-    seconds["train"] = _cli(*train)
-    seconds["predict"] = _cli("ct", "predict", str(data), "--model", str(run), "--out", str(pred))
-    _cli("ct", "evaluate", "--pred", str(pred / "predictions.csv"), "--labels", str(data / "test_labels.csv"),
-         "--out", str(ev), "--data", str(data))
-    m = json.loads((ev / "metrics.json").read_text())
-    ci = m.get("patient_auc_ci95") or [None, None]
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "quality.json"
+    record = read_json(record_path) if record_path.is_file() else {"seconds": {}}
+    seconds: dict[str, float] = record["seconds"]
+    cfg = quality_configs(args)
+    print(f"two-stage system: the demo's configuration in {work}", flush=True)
+    demo = run_demo(work, config=cfg, workers=args.threads, progress=True)
+    for step, sec in demo.seconds.items():  # a resumed step takes ~0 s: keep the first measurement
+        if sec > 1.0 or step not in seconds:
+            seconds[step] = round(sec, 1)
+    data, cache = work / "data", work / "cache"
+
+    ccfg, two_stage_val = stage2_train_config(work / "run")
+    bcfg = baseline_train_config(ccfg)
+    if args.q_baseline_epochs:
+        bcfg = dataclasses.replace(bcfg, epochs=args.q_baseline_epochs)
+    model_dir, pred_dir = work / "baseline", work / "baseline_predictions"
+    eval_dir = work / "baseline_evaluation"
+    if not (model_dir / "metrics.json").is_file():  # written last: a model folder without it is resumed
+        t = time.perf_counter()
+        train_baseline(data, model_dir, bcfg, cache=cache, resume=True, device=args.device or "cpu")
+        seconds["baseline: train + calibration"] = round(time.perf_counter() - t, 1)
+    pred_csv = pred_dir / "predictions.csv"
+    if not pred_csv.is_file() or pred_csv.stat().st_mtime < (model_dir / "metrics.json").stat().st_mtime:
+        t = time.perf_counter()
+        predict_studies([data], BaselineModel.load(model_dir, device=args.device or "cpu"), pred_dir)
+        seconds["baseline: predict test studies"] = round(time.perf_counter() - t, 1)
+    base_m = evaluate(pred_csv, data / TEST_LABELS_CSV, eval_dir, data_root=data)
+    base_val = read_json(model_dir / "config.json")["extra"].get("val_uids")
+    steps = {"two-stage": _steps(ccfg, read_json(work / "run" / "cls" / "metrics.json").get("n_train_crops")),
+             "baseline": _steps(bcfg, read_json(model_dir / "metrics.json").get("n_train_studies"))}
+    record.update({"seconds": seconds, "demo_config": dataclasses.asdict(cfg),
+                   "baseline_config": dataclasses.asdict(bcfg), "note": "synthetic data (cspine phantom)"})
+    write_json(record_path, record)
 
     def f(v: object, d: int = 3) -> str:
         return "n/a" if v is None else f"{v:.{d}f}"
 
-    from _common import append_benchmark, markdown_table
+    def row(name: str, m: dict) -> list[str]:
+        ci = m.get("patient_auc_ci95") or [None, None]
+        return [name, f"{f(m.get('patient_auc'))} ({f(ci[0])}-{f(ci[1])})", f(m.get("vertebra_auc_mean")),
+                f(m.get("rsna_weighted_log_loss"), 4), f(m.get("prevalence_baseline_log_loss"), 4)]
 
+    from _common import append_benchmark, machine_line, markdown_table
+
+    mc = bcfg.model
     header = ["system", "patient AUC (95% CI)", "mean vertebra AUC", "RSNA weighted log loss",
               "prevalence baseline loss"]
     table = markdown_table(header, [
-        [f"two-stage ({args.q_preset} preset)", f"{f(m['patient_auc'])} ({f(ci[0])}-{f(ci[1])})",
-         f(m["vertebra_auc_mean"]), f(m["rsna_weighted_log_loss"], 4),
-         f(m["prevalence_baseline_log_loss"], 4)],
-        ["one-stage baseline (CNN + GRU over the whole study)", "not implemented", "", "", ""]])
+        row("two-stage (stage 1 U-Net -> per-vertebra crops -> CNN + BiGRU + attention)", demo.metrics),
+        row(f"one-stage baseline (same CNN + BiGRU + attention over {mc.n_slices} whole-study slices)",
+            base_m)])
     spent = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
-    notes = (f"*Synthetic*: {args.q_train} training and {m['n_studies']} held-out phantom studies of "
-             f"{args.q_size} px (`bench/pipeline.py --quality --q-train {args.q_train} "
-             f"--q-test {args.q_test} --q-size {args.q_size}`). Seconds: {spent}.")
+    same_split = "identical" if two_stage_val == base_val else "DIFFERENT (studies skipped by one system?)"
+    notes = (f"*Synthetic*: {cfg.n_train} training and {demo.metrics['n_studies']} held-out phantom studies "
+             f"of {cfg.size} px (`bench/pipeline.py --quality --q-train {args.q_train} "
+             f"--q-test {args.q_test} --q-size {args.q_size}"
+             + (f" --q-epochs {args.q_epochs}" if args.q_epochs else "")
+             + (f" --q-max-steps {args.q_max_steps}" if args.q_max_steps else "")
+             + (f" --q-baseline-epochs {args.q_baseline_epochs}" if args.q_baseline_epochs else "")
+             + f"`). Two-stage: `cspine demo`'s configuration (stage 1 {cfg.seg_epochs} epochs, stage 2 "
+             f"{ccfg.epochs} epochs, `{ccfg.model.backbone}` at {ccfg.model.image_size} px, "
+             f"{ccfg.model.n_slices} slices per vertebra); baseline: the same backbone, image size, k, "
+             f"lr and seed, {bcfg.epochs} epochs, {mc.n_slices} slices over the whole scan, whole field of "
+             f"view, no mask; optimizer steps (batch {ccfg.batch_size}): stage 2 {steps['two-stage']} "
+             f"(an epoch draws as many crops as there are, 7 per study), baseline {steps['baseline']} (as "
+             "many studies as there are); "
+             f"validation split {same_split}; both calibrated on it (temperature + bias, noisy-OR patient). "
+             f"Seconds (CPU, {torch.get_num_threads()} torch threads, shared machine): {spent}.")
+    print(machine_line())
     print(table)
     print(notes)
     if not args.no_append:
-        append_benchmark("CT pipeline: quality on a phantom set (synthetic)", table, notes)
+        print("appended to", append_benchmark("CT: two-stage system vs one-stage baseline (synthetic)", table,
+                                              notes))
 
 
 def main() -> None:
@@ -237,8 +330,11 @@ def main() -> None:
     ap.add_argument("--q-train", type=int, default=200)
     ap.add_argument("--q-test", type=int, default=50)
     ap.add_argument("--q-size", type=int, default=256)
-    ap.add_argument("--q-epochs", type=int, default=None, help="override the preset's epochs")
-    ap.add_argument("--q-preset", default="fast")
+    ap.add_argument("--q-epochs", type=int, default=None, help="override both stages' epochs (smoke runs)")
+    ap.add_argument("--q-baseline-epochs", type=int, default=None, help="baseline epochs (default: the "
+                    "two-stage run's stage-2 epochs)")
+    ap.add_argument("--q-max-steps", type=int, default=None, help="cap stage-2/baseline steps per epoch and "
+                    "stage-1 slices per epoch (smoke runs)")
     ap.add_argument("--_child-mem", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 

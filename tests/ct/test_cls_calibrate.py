@@ -10,6 +10,7 @@ from cspine.ct.cls.calibrate import (
     fit_calibration,
     noisy_or,
     patient_probability,
+    pool_vertebrae,
     weighted_nll,
 )
 
@@ -45,7 +46,12 @@ def test_one_class_returns_identity() -> None:
 def test_noisy_or_and_patient_probability() -> None:
     assert noisy_or({"C1": 0.5, "C2": 0.5}) == pytest.approx(0.75)
     assert noisy_or(np.array([[0.0, 0.0], [1.0, 0.2]])).tolist() == pytest.approx([0.0, 1.0])
-    assert patient_probability({"C1": 0.5, "C2": 0.5}) == pytest.approx(0.75, abs=1e-6)
+    assert patient_probability({"C1": 0.5, "C2": 0.5}) == pytest.approx(0.75, abs=1e-6)  # noisy-OR default
+    # The alternative pool is the most suspicious vertebra: quiet levels add nothing to it.
+    assert patient_probability({"C1": 0.3, "C2": 0.1, "C3": 0.1}, pool="max") == pytest.approx(0.3, abs=1e-6)
+    assert pool_vertebrae(np.array([[0.1, 0.4], [0.2, 0.2]]), "max").tolist() == pytest.approx([0.4, 0.2])
+    with pytest.raises(ValueError, match="unknown patient pool"):
+        pool_vertebrae({"C1": 0.5}, "mean")
 
 
 def test_weighted_nll_matches_hand_computation() -> None:

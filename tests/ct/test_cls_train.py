@@ -10,7 +10,7 @@ import torch
 
 from cspine.ct.cls.dataset import ClsStudy, CropDataset, samples_from_study
 from cspine.ct.cls.predict import ClsModel, classify
-from cspine.ct.cls.train import ClsTrainConfig, _loss, split_patients, train_classifier
+from cspine.ct.cls.train import ClsTrainConfig, split_patients, train_classifier, weighted_bce_loss
 from cspine.ct.seg.predict import Segmentation
 from cspine.errors import CspineError, DatasetError
 from cspine.io.volume import volume_from_arrays
@@ -64,14 +64,14 @@ def test_a_few_steps_lower_the_loss() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()  # batch statistics in BatchNorm both times (no dropout: the loss is deterministic)
     with torch.no_grad():
-        before = float(_loss(model(x), y, sy, 1.0))
+        before = float(weighted_bce_loss(model(x), y, sy, 1.0))
     for _ in range(15):
-        loss = _loss(model(x), y, sy, 1.0)
+        loss = weighted_bce_loss(model(x), y, sy, 1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        after = float(_loss(model(x), y, sy, 1.0))
+        after = float(weighted_bce_loss(model(x), y, sy, 1.0))
     assert after < 0.7 * before
 
 
@@ -95,7 +95,7 @@ def test_training_writes_the_model_folder(trained) -> None:
     extra = doc["extra"]
     assert extra["calibration"]["temperature"] > 0
     assert set(extra["absent_vertebra_prior"]) == set(VERTEBRAE)
-    assert "noisy_or" in extra["patient_aggregation"]
+    assert extra["patient_pool"] == "noisy_or" and "noisy_or" in extra["patient_aggregation"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_train_studies"] + metrics["n_val_studies"] == 8
 

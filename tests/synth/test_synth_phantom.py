@@ -102,3 +102,22 @@ def test_small_phantoms_and_bad_sizes() -> None:
     assert p.hu.shape == (16, 32, 32) and p.labels.max() >= 7
     with pytest.raises(ValueError, match="too small"):
         make_phantom(0, size=16)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_displaced_fragment_never_sinks_into_the_other_one(sign: float) -> None:
+    """Whichever way the shift points along the fracture plane's normal, the gap stays open (wider,
+    not closed): a displaced fracture must be visible, never hidden by the union of overlapping bone."""
+
+    def slab(z, y, x):  # a 20 mm bone block centred on the origin
+        return np.maximum(np.maximum(np.abs(z), np.abs(y)), np.abs(x)) - 10.0
+
+    gap = 1.0
+    f = fx.Fracture("C4", "line", "body", point=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0), gap=gap,
+                    shift=(0.0, 0.0, sign * 2.0))
+    broken = fx.apply(slab, f, {})
+    x = np.linspace(-5, 5, 1001, dtype=np.float32)
+    zeros = np.zeros_like(x)
+    outside = broken(zeros, zeros, x) > 0  # along a line crossing the plane inside the block
+    width = outside.sum() * (x[1] - x[0])
+    assert width >= gap + 2.0 - 0.05  # the gap plus the 2 mm the fragment moved away

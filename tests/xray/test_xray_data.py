@@ -130,4 +130,6 @@ def test_transforms_three_channels_and_imagenet_normalisation() -> None:
     assert torch.equal(augment(g, Augment()), g)  # off by default
     out = augment(g, Augment(enabled=True, max_rotation=10), torch.Generator().manual_seed(0))
     assert out.shape == g.shape and not torch.equal(out, g)
+    mirror = Augment(enabled=True, max_rotation=0.0, max_contrast=0.0, p_flip=1.0)
+    assert torch.allclose(augment(g, mirror), g.flip(-1), atol=1e-6)  # facing the other way
     assert normalize(g).shape == (3, 32, 32)

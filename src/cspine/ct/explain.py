@@ -41,22 +41,24 @@ __all__ = ["explain_study", "grad_cam", "plot_attention", "plot_gradcam"]
 
 @contextlib.contextmanager
 def _capture_features(backbone: torch.nn.Module, store: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Route ``backbone.forward`` through ``forward_features`` so the feature map and its gradient
-    land in ``store`` (``"features"``, ``"grad"``)."""
+    """Wrap ``backbone.forward_features`` (which a timm model's ``forward`` calls, and the classifier
+    calls directly when it has a pixel head) so the feature map and its gradient land in ``store``
+    (``"features"``, ``"grad"``)."""
     if not (hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head")):
         raise TypeError(f"{type(backbone).__name__} has no forward_features/forward_head (not a timm model)")
+    original = backbone.forward_features
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fmap = backbone.forward_features(x)
+    def forward_features(x: torch.Tensor) -> torch.Tensor:
+        fmap = original(x)
         store["features"] = fmap
         fmap.register_hook(lambda g: store.__setitem__("grad", g))
-        return backbone.forward_head(fmap)
+        return fmap
 
-    backbone.forward = forward  # type: ignore[method-assign]
+    backbone.forward_features = forward_features  # type: ignore[method-assign]
     try:
         yield
     finally:
-        del backbone.forward  # back to the class's method
+        del backbone.forward_features  # back to the class's method
 
 
 def grad_cam(model: torch.nn.Module, crop: np.ndarray, slice_pos: int) -> np.ndarray:

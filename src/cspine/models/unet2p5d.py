@@ -46,7 +46,9 @@ class SegConfig:
     include_t1: bool = False
     window: tuple[float, float] = BONE_WINDOW
     z_spacing: float = 2.0
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    # Half smp's default widths (256, ..., 16): C1..C7 are large, simple structures, and the decoder's
+    # full-resolution stages cost more than the EfficientNet-B0 encoder on a CPU (bench/seg.py).
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     encoder_depth: int = 5
     pretrained: str = "none"
 

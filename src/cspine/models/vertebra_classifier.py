@@ -35,6 +35,12 @@ class ClsConfig:
             to a local ``.safetensors`` file of backbone weights.
         z_margin: share of the vertebra's z-extent added above and below the crop.
         xy_margin: share of the vertebra's in-plane box size added on each side.
+        feature_slice_head: a second per-slice fracture head straight on each slice's CNN features
+            (before the GRU), trained on the same slice targets (measured: no gain on the phantom).
+        pixel_head: a 1x1 convolution on each slice's stride-8 CNN feature map that predicts where
+            on the slice a fracture box lies, trained on the in-plane fracture boxes where a study has
+            them (RSNA's ``train_bounding_boxes.csv``): it tells a randomly initialised CNN not only
+            which slices but which pixels carry the fracture.
     """
 
     backbone: str = "tf_efficientnetv2_s"
@@ -48,6 +54,8 @@ class ClsConfig:
     pretrained: str = "none"
     z_margin: float = 0.15
     xy_margin: float = 0.15
+    feature_slice_head: bool = False
+    pixel_head: bool = False
 
     @property
     def in_chans(self) -> int:
@@ -63,11 +71,16 @@ class ClsOutput:
         logit: ``(B,)`` vertebra fracture logits.
         slice_logits: ``(B, N)`` per-slice fracture logits (auxiliary head).
         attention: ``(B, N)`` attention weights over the slices, each row summing to 1.
+        feature_slice_logits: ``(B, N)`` per-slice logits of the CNN-feature head (``None`` without it).
+        pixel_logits: ``(B, N, h, w)`` fracture-box logits on the CNN feature grid (``None`` without
+            the pixel head).
     """
 
     logit: torch.Tensor
     slice_logits: torch.Tensor
     attention: torch.Tensor
+    feature_slice_logits: torch.Tensor | None = None
+    pixel_logits: torch.Tensor | None = None
 
 
 def _create_backbone(cfg: ClsConfig) -> nn.Module:
@@ -101,6 +114,21 @@ def _create_backbone(cfg: ClsConfig) -> nn.Module:
         raise CheckpointError(f"cannot load these weights into {cfg.backbone!r} ({exc})", path) from exc
 
 
+#: Output stride of the feature map the pixel head reads: 8 keeps a 48-px crop at 6 x 6 cells.
+PIXEL_STRIDE = 8
+
+
+def _pixel_tap(backbone: nn.Module) -> tuple[str, int]:
+    """The backbone module whose output is the deepest feature map at stride <= :data:`PIXEL_STRIDE`."""
+    info = getattr(backbone, "feature_info", None)
+    entries = [f for f in (info or []) if isinstance(f, dict) and f.get("reduction", 1e9) <= PIXEL_STRIDE]
+    if not entries:
+        raise CheckpointError(f"{type(backbone).__name__} exposes no stride-{PIXEL_STRIDE} feature map "
+                              "(timm feature_info): use a timm backbone or pixel_head=False")
+    best = max(entries, key=lambda f: f["reduction"])
+    return str(best["module"]), int(best["num_chs"])
+
+
 class VertebraClassifier(nn.Module):
     """Per-slice CNN -> BiGRU over slices -> MLP attention pooling -> vertebra logit.
 
@@ -125,6 +153,16 @@ class VertebraClassifier(nn.Module):
         self.attn = nn.Sequential(nn.Linear(hid, cfg.attn_dim), nn.Tanh(), nn.Linear(cfg.attn_dim, 1))
         self.slice_head = nn.Linear(hid, 1)
         self.head = nn.Linear(hid, 1)
+        self.feature_head = nn.Linear(feat, 1) if cfg.feature_slice_head else None
+        self.pixel_head: nn.Module | None = None
+        self._tap: list[torch.Tensor] = []
+        if cfg.pixel_head:
+            name, chans = _pixel_tap(self.backbone)
+            self.pixel_head = nn.Conv2d(chans, 1, 1)
+            # The feature map is caught on its way through the backbone; the backbone's own forward
+            # (and Grad-CAM's hook on it) stays untouched.
+            self.backbone.get_submodule(name).register_forward_hook(
+                lambda _m, _i, out: self._tap.append(out))
 
     def forward(self, x: torch.Tensor) -> ClsOutput:
         """Classify a batch of crop stacks.
@@ -138,14 +176,22 @@ class VertebraClassifier(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected (B, N, C, H, W), got shape {tuple(x.shape)}")
         b, n = x.shape[:2]
+        pixel_logits = None
+        self._tap.clear()
         feats = self.backbone(x.flatten(0, 1)).reshape(b, n, -1)
+        if self.pixel_head is not None and self._tap:
+            pix = self.pixel_head(self._tap.pop())
+            pixel_logits = pix.reshape(b, n, *pix.shape[-2:]).float()
+        self._tap.clear()
         states, _ = self.gru(self.drop(feats).float())
         scores = self.attn(states).squeeze(-1)
         attention = torch.softmax(scores.float(), dim=1)
         pooled = torch.einsum("bn,bnh->bh", attention, states)
         logit = self.head(self.drop(pooled)).squeeze(-1)
         slice_logits = self.slice_head(states).squeeze(-1)
-        return ClsOutput(logit=logit, slice_logits=slice_logits, attention=attention)
+        feature_logits = None if self.feature_head is None else self.feature_head(feats.float()).squeeze(-1)
+        return ClsOutput(logit=logit, slice_logits=slice_logits, attention=attention,
+                         feature_slice_logits=feature_logits, pixel_logits=pixel_logits)
 
 
 def build_classifier(cfg: ClsConfig) -> VertebraClassifier:

@@ -67,7 +67,14 @@ def apply(fn: SdfFn, fracture: Fracture, dims: dict[str, float]) -> SdfFn:
         return wedged
 
     pz, py, px = (f32(v) for v in fracture.point)
-    nz, ny, nx = (f32(v) for v in fracture.normal)
+    normal = np.asarray(fracture.normal, np.float64)
+    if float(np.dot(fracture.shift, normal)) < 0:
+        # The fragment on the plane's positive side is the one that moves. A shift towards the other
+        # fragment would sink it into that bone (the union hides the overlap and closes the gap: an
+        # invisible "displaced" fracture); moving the fragment on the other side instead keeps the
+        # same shift and opens the gap (distraction + translation, as displaced fractures look).
+        normal = -normal
+    nz, ny, nx = (f32(v) for v in normal)
     sz, sy, sx = (f32(v) for v in fracture.shift)
     half_gap = f32(fracture.gap / 2.0)
     moved = any(v != 0 for v in fracture.shift)

@@ -2,8 +2,10 @@
 
 The image is resized to ``size x size`` without keeping the aspect ratio, as the paper's
 pipeline did (MATLAB's augmented image datastore squashes). Augmentation (off by default): a
-random rotation of up to +-``max_rotation`` degrees and a contrast change by a factor in
-[1 - ``max_contrast``, 1 + ``max_contrast``] around the image mean.
+left-right mirror with probability ``p_flip`` (a lateral view of a patient facing the other way
+is just as real), a random rotation of up to
++-``max_rotation`` degrees and a contrast change by a factor in [1 - ``max_contrast``,
+1 + ``max_contrast``] around the image mean.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Augment:
     enabled: bool = False
     max_rotation: float = 5.0
     max_contrast: float = 0.1
+    p_flip: float = 0.5
 
 
 def resize_unit(img: np.ndarray, size: int) -> torch.Tensor:
@@ -37,10 +40,12 @@ def resize_unit(img: np.ndarray, size: int) -> torch.Tensor:
 
 
 def augment(gray: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rotate and change the contrast of a ``(1, S, S)`` [0, 1] tensor."""
+    """Mirror, rotate and change the contrast of a ``(1, S, S)`` [0, 1] tensor."""
     if not aug.enabled:
         return gray
-    r = torch.rand(2, generator=generator)
+    r = torch.rand(3, generator=generator)
+    if float(r[2]) < aug.p_flip:
+        gray = gray.flip(-1)
     angle = math.radians((2 * float(r[0]) - 1) * aug.max_rotation)
     c, s = math.cos(angle), math.sin(angle)
     theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=gray.dtype)

@@ -63,7 +63,7 @@ def crop_geometry(vb: VertebraBox, shape: tuple[int, int, int], cfg: ClsConfig
     return (z0, z1), box, centres, step
 
 
-def _take(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
+def take_box(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
     """``arr[idx, y0:y1, x0:x1]`` with out-of-volume pixels set to ``fill``."""
     y0, y1, x0, x1 = box
     _, ny, nx = arr.shape
@@ -74,7 +74,8 @@ def _take(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], fill
     return out
 
 
-def _resize(stack: np.ndarray, size: int) -> np.ndarray:
+def resize_slices(stack: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of ``(N, H, W)`` slices to ``(N, size, size)`` (antialiased when shrinking)."""
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     antialias = t.shape[-1] > size or t.shape[-2] > size
     out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
@@ -106,12 +107,12 @@ def extract_crops(volume: Volume, seg: Segmentation, cfg: ClsConfig,
         z_range, box, centres, step = crop_geometry(vb, volume.hu.shape, cfg)
         offsets = np.arange(-half, half + 1) * step
         idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)  # (N, k)
-        hu = _take(volume.hu, idx.reshape(-1), box, HU_MIN)
-        img = _resize(window_to_unit(hu, BONE_WINDOW), cfg.image_size)
+        hu = take_box(volume.hu, idx.reshape(-1), box, HU_MIN)
+        img = resize_slices(window_to_unit(hu, BONE_WINDOW), cfg.image_size)
         img = img.reshape(cfg.n_slices, cfg.k, cfg.image_size, cfg.image_size)
         if cfg.use_mask_channel:
-            mask = _take(seg.labels, centres, box, 0) == LABEL_OF[name]
-            m = _resize(mask.astype(np.float32), cfg.image_size)[:, None]
+            mask = take_box(seg.labels, centres, box, 0) == LABEL_OF[name]
+            m = resize_slices(mask.astype(np.float32), cfg.image_size)[:, None]
             img = np.concatenate([img, m], axis=1)
         out[name] = VertebraCrop(name=name, array=np.ascontiguousarray(img, dtype=np.float32),
                                  slice_indices=centres, box=box, z_range=z_range)

@@ -8,6 +8,12 @@ Per-slice auxiliary targets (what teaches a randomly initialised CNN where a fra
 * a study without boxes: the RSNA 2022 3rd/5th-place pseudo-label, the vertebra's area on the slice
   relative to its largest slice area, times the vertebra's label.
 
+Per-pixel targets (for the model's optional pixel head, ``ClsConfig.pixel_head``), uint8 on the crop
+grid: 1 inside a fracture box on a fractured vertebra's crop slice, 0 where there is no fracture, and
+:data:`UNKNOWN` where the answer is not known: every pixel of every crop of a fractured patient without
+boxes, and the pixels of an intact vertebra's crop that lie in a box (a neighbour's fracture seen in
+the crop's margin must not be taught as "no fracture").
+
 Crops are kept as uint8 (the [0, 1] bone window in 255 steps, about 7 HU each) so that a few
 thousand of them fit in memory.
 """
@@ -15,7 +21,7 @@ thousand of them fit in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +37,12 @@ from cspine.models.vertebra_classifier import ClsConfig
 log = logging.getLogger(__name__)
 
 
+#: A box on a canonical slice: ``(y0, y1, x0, x1)`` pixel rows and columns, stop exclusive.
+Box = tuple[int, int, int, int]
+#: Pixel-target value of "not known" (ignored by the loss).
+UNKNOWN = 255
+
+
 @dataclass(frozen=True, eq=False)
 class ClsStudy:
     """One training study as stage 2 needs it.
@@ -42,6 +54,8 @@ class ClsStudy:
         labels: ``{C1..C7: 0|1}`` fracture labels (``patient_overall`` optional).
         box_slices: volume slice indices carrying a fracture box, or ``None`` when the study has no
             boxes (pseudo slice labels are used then).
+        box_regions: the boxes themselves on the canonical grid (:func:`box_regions_of`), for the
+            per-pixel targets; ``None`` when unknown.
     """
 
     uid: str
@@ -49,6 +63,7 @@ class ClsStudy:
     seg: Segmentation
     labels: dict[str, int]
     box_slices: frozenset[int] | None = None
+    box_regions: Mapping[int, tuple[Box, ...]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +76,7 @@ class CropSample:
     label: float
     slice_target: np.ndarray  # float32 (N,)
     slice_indices: np.ndarray  # int64 (N,)
+    pixel_target: np.ndarray | None = None  # uint8 (N, H, W): 0, 1 or UNKNOWN (see the module docstring)
 
 
 def slice_targets(crop: VertebraCrop, seg: Segmentation, fractured: bool,
@@ -78,6 +94,25 @@ def slice_targets(crop: VertebraCrop, seg: Segmentation, fractured: bool,
     return (area / peak).astype(np.float32) if peak > 0 else np.zeros(n, np.float32)
 
 
+def pixel_targets(crop: VertebraCrop, fractured: bool, regions: Mapping[int, tuple[Box, ...]] | None,
+                  size: int) -> np.ndarray:
+    """Per-pixel targets of one crop (see the module docstring): uint8 ``(N, size, size)``."""
+    n = len(crop.slice_indices)
+    if regions is None:
+        return np.full((n, size, size), UNKNOWN if fractured else 0, np.uint8)
+    y0, y1, x0, x1 = crop.box
+    sy, sx = size / max(y1 - y0, 1), size / max(x1 - x0, 1)
+    out = np.zeros((n, size, size), np.uint8)
+    for i, z in enumerate(crop.slice_indices):
+        for by0, by1, bx0, bx1 in regions.get(int(z), ()):
+            r0, r1 = int(np.floor((by0 - y0) * sy)), int(np.ceil((by1 - y0) * sy))
+            c0, c1 = int(np.floor((bx0 - x0) * sx)), int(np.ceil((bx1 - x0) * sx))
+            r0, r1, c0, c1 = max(r0, 0), min(r1, size), max(c0, 0), min(c1, size)
+            if r1 > r0 and c1 > c0:
+                out[i, r0:r1, c0:c1] = 1 if fractured else UNKNOWN
+    return out
+
+
 def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
@@ -88,9 +123,15 @@ def samples_from_study(study: ClsStudy, cfg: ClsConfig) -> list[CropSample]:
     out = []
     for name, crop in crops.items():
         y = int(study.labels.get(name, 0))
+        pixels = None
+        if cfg.pixel_head:
+            # A fractured patient without boxes: even an intact level's crop may show the fracture of
+            # its neighbour in its margin, so nothing in the study is known pixel by pixel.
+            unknown_study = study.box_regions is None and any(study.labels.get(v, 0) for v in VERTEBRAE)
+            pixels = pixel_targets(crop, bool(y) or unknown_study, study.box_regions, cfg.image_size)
         out.append(CropSample(study.uid, name, to_uint8(crop.array), float(y),
                               slice_targets(crop, study.seg, bool(y), study.box_slices),
-                              crop.slice_indices))
+                              crop.slice_indices, pixels))
     return out
 
 
@@ -117,27 +158,35 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(crop (N, C, H, W) float, label, slice targets (N,), pixel targets (N, H, W) uint8 or
+        an empty tensor when the samples carry none)``."""
         s = self.samples[i]
         x = s.image.astype(np.float32) / 255.0
+        pix = getattr(s, "pixel_target", None)  # the one-stage baseline's samples have none
         if self.augment:
-            x = self._augment(x)
+            x, pix = self._augment(x, pix)
+        pix_t = (torch.from_numpy(np.ascontiguousarray(pix)) if pix is not None
+                 else torch.zeros(0, dtype=torch.uint8))
         return (torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(s.label, dtype=torch.float32),
-                torch.from_numpy(s.slice_target))
+                torch.from_numpy(s.slice_target), pix_t)
 
-    def _augment(self, x: np.ndarray) -> np.ndarray:
+    def _augment(self, x: np.ndarray, pix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         rng = self.rng
         if rng.random() < 0.5:
             x = x[..., ::-1]
+            pix = pix[..., ::-1] if pix is not None else None
         size = x.shape[-1]
         shift = max(1, size // 16)
         dy, dx = rng.integers(-shift, shift + 1, size=2)
         x = np.roll(x, (int(dy), int(dx)), axis=(-2, -1))
+        if pix is not None:
+            pix = np.roll(pix, (int(dy), int(dx)), axis=(-2, -1))
         scale, offset = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
         ct = slice(0, x.shape[1] - 1) if self.mask_channel else slice(None)
         x = x.copy()
         x[:, ct] = np.clip(x[:, ct] * scale + offset, 0.0, 1.0)
-        return x
+        return x, pix
 
 
 # --- an RSNA root (or its prepared cache) as a stream of ClsStudy ------------------------------
@@ -161,6 +210,46 @@ def box_slices_of(volume: Volume, boxes: object, uid: str) -> frozenset[int] | N
         except KeyError:
             log.warning("study %s: box on InstanceNumber %d, which the volume does not have", uid, n)
     return frozenset(out)
+
+
+def box_regions_of(volume: Volume, boxes: object, uid: str) -> dict[int, tuple[Box, ...]] | None:
+    """The fracture boxes of ``uid`` on the canonical grid: ``{slice index: ((y0, y1, x0, x1), ...)}``.
+
+    ``x``/``y``/``width``/``height`` are columns and rows of the stored DICOM image; they are carried
+    through the reorientation that made the volume canonical (``meta["reorientation"]``; none means the
+    volume was canonical as read). ``None`` when the study has no boxes, or when it was not acquired
+    axially (then the stored rows and columns are not an axial plane).
+    """
+    import pandas as pd
+
+    assert isinstance(boxes, pd.DataFrame)
+    rows = boxes[boxes["StudyInstanceUID"] == uid]
+    if rows.empty:
+        return None
+    reo = volume.meta.get("reorientation") or {"perm": [0, 1, 2], "flip": [False, False, False]}
+    perm, flip = list(reo["perm"]), list(reo["flip"])
+    if perm[0] != 0:
+        return None
+    source_shape = list(volume.meta.get("source_shape") or volume.shape)
+    out: dict[int, list[Box]] = {}
+    for r in rows.itertuples(index=False):
+        try:
+            z = volume.index_of_instance(int(r.slice_number))
+        except KeyError:
+            continue  # box_slices_of has already warned
+        ranges = {1: (float(r.y), float(r.y) + float(r.height)),
+                  2: (float(r.x), float(r.x) + float(r.width))}
+        canon = []
+        for c in (1, 2):
+            lo, hi = ranges[perm[c]]
+            n = source_shape[perm[c]]
+            if flip[c]:
+                lo, hi = n - hi, n - lo
+            canon.append((max(int(np.floor(lo)), 0), min(int(np.ceil(hi)), volume.shape[c])))
+        (y0, y1), (x0, x1) = canon
+        if y1 > y0 and x1 > x0:
+            out.setdefault(z, []).append((y0, y1, x0, x1))
+    return {z: tuple(b) for z, b in out.items()}
 
 
 def iter_rsna_studies(data: Path, *, cache: Path | None = None, seg_dir: Path | None = None,
@@ -215,4 +304,5 @@ def iter_rsna_studies(data: Path, *, cache: Path | None = None, seg_dir: Path | 
             continue
         row = labels_df.loc[uid]
         labels = {v: int(row[v]) for v in VERTEBRAE}
-        yield ClsStudy(uid, volume, seg, labels, box_slices_of(volume, ds.boxes, uid))
+        yield ClsStudy(uid, volume, seg, labels, box_slices_of(volume, ds.boxes, uid),
+                       box_regions_of(volume, ds.boxes, uid))

@@ -38,6 +38,7 @@ class ClsModel:
     device: torch.device
     folder: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    patient_pool: str = "noisy_or"  # models saved before the choice existed used the noisy-OR
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device | None = None) -> ClsModel:
@@ -65,7 +66,8 @@ class ClsModel:
                    calibration=Calibration(**extra.get("calibration", {})),
                    patient_calibration=Calibration(**extra.get("patient_calibration", {})),
                    prior={v: float(extra.get("absent_vertebra_prior", {}).get(v, 0.0)) for v in VERTEBRAE},
-                   device=dev, folder=folder, extra=extra)
+                   device=dev, folder=folder, extra=extra,
+                   patient_pool=str(extra.get("patient_pool", "noisy_or")))
 
 
 @dataclass
@@ -114,5 +116,6 @@ def classify(volume: Volume, seg: Segmentation, model: ClsModel, batch_size: int
                 attention[n] = (out.attention[j].float().cpu().numpy(), crops[n].slice_indices)
     probs = {v: float(model.calibration.probs(np.array(logits[v]))) if v in logits else model.prior[v]
              for v in VERTEBRAE}
-    return VertebraScores(probs=probs, patient=patient_probability(probs, model.patient_calibration),
+    return VertebraScores(probs=probs, patient=patient_probability(probs, model.patient_calibration,
+                                                                      model.patient_pool),
                           logits=logits, attention=attention, crops=crops, present=tuple(names))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cspine.checkpoint import (
@@ -39,13 +38,16 @@ from cspine.checkpoint import (
     save_training_state,
 )
 from cspine.ct.cls.calibrate import (
+    DEFAULT_PATIENT_POOL,
     Calibration,
     fit_calibration,
     fit_patient_calibration,
-    noisy_or,
+    logit,
+    pool_vertebrae,
     weighted_nll,
 )
-from cspine.ct.cls.dataset import ClsStudy, CropDataset, CropSample, build_samples
+from cspine.ct.cls.dataset import UNKNOWN, ClsStudy, CropDataset, CropSample, build_samples
+from cspine.ct.cls.loop import balanced_sampler, steps_per_epoch, train_epoch, warmup_cosine
 from cspine.errors import CspineError, DatasetError
 from cspine.fileio import append_jsonl, write_json
 from cspine.labels import PATIENT_WEIGHTS, VERTEBRA_WEIGHTS, VERTEBRAE
@@ -68,6 +70,7 @@ class ClsTrainConfig:
     weight_decay: float = 1e-2
     warmup_epochs: float = 0.5
     aux_weight: float = 1.0
+    pixel_weight: float = 5.0
     pos_fraction: float = 0.5
     val_fraction: float = 0.2
     seed: int = 0
@@ -93,11 +96,39 @@ def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fract
     return sorted(train), sorted(val)
 
 
-def _loss(out: Any, y: torch.Tensor, slice_y: torch.Tensor, aux_weight: float) -> torch.Tensor:
+def pixel_loss(pixel_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE of ``(B, N, h, w)`` fracture-box logits against ``(B, N, H, W)`` uint8 pixel targets.
+
+    A feature cell is positive when any pixel it covers is in a box (max-pooling), unknown when it
+    covers an unknown pixel and no box pixel; unknown cells do not count.
+    """
+    h, w = pixel_logits.shape[-2:]
+    t = target.flatten(0, 1)[:, None].float()
+    pos = F.adaptive_max_pool2d((t == 1).float(), (h, w))
+    unknown = F.adaptive_max_pool2d((t == UNKNOWN).float(), (h, w)) * (1 - pos)
+    known = (1 - unknown).reshape(pixel_logits.shape)
+    if float(known.sum()) == 0:
+        return pixel_logits.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(pixel_logits.float(), pos.reshape(pixel_logits.shape),
+                                             reduction="none")
+    return (bce * known).sum() / known.sum()
+
+
+def weighted_bce_loss(out: Any, y: torch.Tensor, slice_y: torch.Tensor, aux_weight: float,
+                      pixel_target: torch.Tensor | None = None, pixel_weight: float = 0.0) -> torch.Tensor:
+    """The competition-weighted BCE of ``out.logit`` (1 intact, 2 fractured) + ``aux_weight`` x the
+    per-slice BCE of ``out.slice_logits`` (and ``out.feature_slice_logits`` when present) +
+    ``pixel_weight`` x :func:`pixel_loss` when the model has a pixel head and targets are given."""
     w = torch.where(y > 0.5, VERTEBRA_WEIGHTS[1], VERTEBRA_WEIGHTS[0]).to(out.logit.dtype)
     main = (F.binary_cross_entropy_with_logits(out.logit.float(), y, reduction="none") * w).sum() / w.sum()
     aux = F.binary_cross_entropy_with_logits(out.slice_logits.float(), slice_y)
-    return main + aux_weight * aux
+    if out.feature_slice_logits is not None:
+        aux = aux + F.binary_cross_entropy_with_logits(out.feature_slice_logits.float(), slice_y)
+    loss = main + aux_weight * aux
+    pixel_logits = getattr(out, "pixel_logits", None)
+    if pixel_logits is not None and pixel_target is not None and pixel_target.numel() and pixel_weight:
+        loss = loss + pixel_weight * pixel_loss(pixel_logits, pixel_target)
+    return loss
 
 
 @torch.no_grad()
@@ -123,7 +154,7 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
 
 
 def evaluate_split(samples: Sequence[CropSample], logits: np.ndarray, labels: dict[str, dict[str, int]],
-                   cal: Calibration, prevalence: dict[str, float]
+                   cal: Calibration, prevalence: dict[str, float], pool: str = DEFAULT_PATIENT_POOL
                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Vertebra and patient metrics of a split after calibration ``cal``, with the (P, 7) calibrated
     probabilities (absent vertebra: ``prevalence``) and the patient labels."""
@@ -138,7 +169,7 @@ def evaluate_split(samples: Sequence[CropSample], logits: np.ndarray, labels: di
     return {
         "vertebra_loss": weighted_nll(p, y) if len(y) else None,
         "vertebra_auc": _auc(y, logits),
-        "patient_auc": _auc(patient_y, noisy_or(pv_mat)) if len(uids) else None,
+        "patient_auc": _auc(patient_y, pool_vertebrae(pv_mat, pool)) if len(uids) else None,
         "n_vertebrae": len(y), "n_patients": len(uids),
     }, pv_mat, patient_y
 
@@ -201,16 +232,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     model = build_classifier(mcfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     y_tr = np.array([s.label for s in tr])
-    n_pos = max(int(y_tr.sum()), 1)
-    n_neg = max(len(y_tr) - int(y_tr.sum()), 1)
-    weights = np.where(y_tr > 0.5, cfg.pos_fraction / n_pos, (1 - cfg.pos_fraction) / n_neg)
-    steps_per_epoch = max(1, math.ceil(len(tr) / cfg.batch_size))
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    steps = steps_per_epoch(len(tr), cfg.batch_size, cfg.max_steps_per_epoch)
+    sched = warmup_cosine(opt, steps, steps * cfg.epochs, cfg.warmup_epochs)
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
     if resume:
@@ -220,34 +243,22 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
             log.info("resuming stage 2 after epoch %d", state["epoch"])
 
     ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=mcfg.use_mask_channel)
-    gen = torch.Generator().manual_seed(cfg.seed + state["epoch"])
-    sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
-                                    num_samples=steps_per_epoch * cfg.batch_size, replacement=True,
-                                    generator=gen)
+    sampler = balanced_sampler(y_tr > 0.5, cfg.pos_fraction, steps * cfg.batch_size,
+                               cfg.seed + state["epoch"])
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         drop_last=False)
     amp = cfg.amp and dev.type == "cuda"
 
+    def loss_fn(out: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, y, sy, pix = batch
+        return weighted_bce_loss(out, y, sy, cfg.aux_weight, pix, cfg.pixel_weight)
+
     for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        t_ep, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for x, y, sy in bar:
-            x, y, sy = x.to(dev), y.to(dev), sy.to(dev)
-            with autocast(dev, amp):
-                out = model(x)
-            loss = _loss(out, y, sy, cfg.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                  "lr": float(sched.get_last_lr()[0]),
-                                  "seconds": round(time.perf_counter() - t_ep, 2)}
-        score = -float(np.mean(losses))
+        train_loss, seconds = train_epoch(model, loader, opt, sched, dev, amp, loss_fn,
+                                          f"stage 2 epoch {epoch + 1}/{cfg.epochs}", progress)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
+                                  "lr": float(sched.get_last_lr()[0]), "seconds": round(seconds, 2)}
+        score = -train_loss
         if va:
             logits = predict_logits(model, va, dev, cfg.batch_size, amp)
             y_va = np.array([s.label for s in va])
@@ -272,9 +283,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
         raw = weighted_nll(Calibration().probs(logits), y_va)
         cal = fit_calibration(logits, y_va)
         metrics, pv_mat, pat_y = evaluate_split(va, logits, labels, cal, prevalence)
-        pcal = fit_patient_calibration(pv_mat, pat_y)
-        pat_p = pcal.probs(np.log(np.clip(noisy_or(pv_mat), 1e-6, 1 - 1e-6))
-                           - np.log1p(-np.clip(noisy_or(pv_mat), 1e-6, 1 - 1e-6)))
+        pcal = fit_patient_calibration(pv_mat, pat_y, pool=DEFAULT_PATIENT_POOL)
+        pat_p = pcal.probs(logit(pool_vertebrae(pv_mat, DEFAULT_PATIENT_POOL)))
         metrics.update({"vertebra_loss_uncalibrated": raw,
                         "patient_loss": weighted_nll(pat_p, pat_y, PATIENT_WEIGHTS)})
     metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
@@ -282,7 +292,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     extra = {
         "calibration": dataclasses.asdict(cal),
         "patient_calibration": dataclasses.asdict(pcal),
-        "patient_aggregation": "noisy_or: 1 - prod(1 - p_v) over calibrated C1..C7, then patient_calibration",
+        "patient_pool": DEFAULT_PATIENT_POOL,
+        "patient_aggregation": f"{DEFAULT_PATIENT_POOL} over calibrated C1..C7, then patient_calibration",
         "absent_vertebra_prior": prevalence,
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
         "val_uids": val_uids,

@@ -69,25 +69,27 @@ def reduced_grid(shape: tuple[int, int, int], z_mm: float, cfg: SegConfig) -> Re
 
 
 def resample_image(hu: np.ndarray, grid: ReducedGrid, cfg: SegConfig) -> np.ndarray:
-    """Window ``hu`` (Z, Y, X) to [0, 1] and resample it onto ``grid``: float32 (n, S, S)."""
+    """Resample ``hu`` (Z, Y, X) onto ``grid`` and window it to [0, 1]: float32 (n, S, S).
+
+    HU are interpolated first (linear in z, antialiased bilinear in-plane) and the window is applied to
+    the reduced slices: the same image a scan acquired at the reduced resolution would give, and the
+    clip runs on n x S x S values instead of on every full-resolution slice.
+    """
     out = np.empty((grid.n_slices, grid.size, grid.size), np.float32)
     nz = hu.shape[0]
     for c0 in range(0, grid.n_slices, _CHUNK):
         pos = grid.z_positions[c0:c0 + _CHUNK]
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, nz - 1)
-        w = (pos - lo).astype(np.float32)[:, None, None]
+        w = torch.from_numpy((pos - lo).astype(np.float32))[:, None, None]
         need = np.unique(np.concatenate([lo, hi]))
-        block = window_to_unit(np.asarray(hu[need]), cfg.window)
-        where = {int(z): i for i, z in enumerate(need)}
-        a = block[[where[int(z)] for z in lo]]
-        b = block[[where[int(z)] for z in hi]]
-        mixed = a * (1 - w) + b * w
-        t = torch.from_numpy(np.ascontiguousarray(mixed))[:, None]
+        block = torch.from_numpy(np.asarray(hu[need])).float()
+        where = np.searchsorted(need, lo), np.searchsorted(need, hi)
+        t = torch.lerp(block[torch.from_numpy(where[0])], block[torch.from_numpy(where[1])], w)[:, None]
         if t.shape[-2:] != (grid.size, grid.size):
             t = F.interpolate(t, size=(grid.size, grid.size), mode="bilinear", antialias=True,
                               align_corners=False)
-        out[c0:c0 + len(pos)] = t[:, 0].clamp_(0, 1).numpy()
+        out[c0:c0 + len(pos)] = window_to_unit(t[:, 0].numpy(), cfg.window)
     return out
 
 

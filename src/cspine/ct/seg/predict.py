@@ -25,6 +25,7 @@ import torch
 from cspine.checkpoint import WEIGHTS, load_weights, read_config
 from cspine.errors import CheckpointError, CspineError
 from cspine.io.volume import Volume
+from cspine.models.fold import fold_batchnorm
 from cspine.models.unet2p5d import SegConfig, build_seg_model
 from cspine.runtime import autocast, resolve_device
 
@@ -56,7 +57,14 @@ class SegModel:
     """A loaded stage-1 model: the network in eval mode, its config and its device."""
 
     def __init__(self, net: torch.nn.Module, cfg: SegConfig, device: torch.device) -> None:
-        self.net = net.to(device).eval()
+        net = net.to(device).eval()
+        memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        # NHWC convolutions run ~1.5x faster on x86 CPUs (oneDNN); weights are unchanged.
+        net = net.to(memory_format=memory_format)
+        # Inference only: BatchNorm folded into the convolutions (checked against the original).
+        example = torch.rand(1, cfg.in_slices, cfg.image_size, cfg.image_size,
+                             generator=torch.Generator().manual_seed(0)).to(device)
+        self.net = fold_batchnorm(net, example.contiguous(memory_format=memory_format))
         self.cfg = cfg
         self.device = device
 
@@ -91,15 +99,27 @@ class SegModel:
     def levels(self) -> tuple[int, ...]:
         return tuple(range(1, self.cfg.n_classes))
 
-    def predict_reduced(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    def predict_reduced(self, image: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Argmax classes (uint8 (n, S, S)) for a reduced volume ``image`` float32 (n, S, S) in [0, 1]."""
         return predict_stacks(self.net, image, self.cfg.in_slices, self.device, batch_size)
 
 
+#: Stacks per forward pass when the caller gives none: small batches keep a CPU's activations in
+#: cache (4 ran ~1.7x faster per slice than 16 on 2 cores); a GPU wants large ones.
+CPU_BATCH, GPU_BATCH = 4, 32
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Stacks per forward pass on ``device``."""
+    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
+
+
 def predict_stacks(net: torch.nn.Module, image: np.ndarray, k: int, device: torch.device,
-                   batch_size: int = 16) -> np.ndarray:
+                   batch_size: int | None = None) -> np.ndarray:
     """Run ``net`` (in eval mode) over every 2.5D stack of ``image`` (n, S, S) in [0, 1] (float32 or
     uint8 scaled 0..255); return the argmax classes, uint8 (n, S, S)."""
+    batch_size = batch_size or default_batch_size(device)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     n = len(image)
     idx = stack_indices(n, k)
     out = np.empty((n, image.shape[1], image.shape[2]), np.uint8)
@@ -109,7 +129,7 @@ def predict_stacks(net: torch.nn.Module, image: np.ndarray, k: int, device: torc
         for b0 in range(0, n, batch_size):
             x = src[torch.from_numpy(idx[b0:b0 + batch_size])].to(device, non_blocking=True)
             x = x.float() * scale if scale != 1.0 else x
-            logits = net(x)
+            logits = net(x.contiguous(memory_format=memory_format))
             out[b0:b0 + len(x)] = logits.argmax(1).to(torch.uint8).cpu().numpy()
     return out
 
@@ -124,13 +144,13 @@ def _check_volume(volume: Volume) -> None:
             "(is this a localizer or a single image rather than the axial series?)", where)
 
 
-def segment(volume: Volume, model: SegModel, *, batch_size: int = 16) -> Segmentation:
+def segment(volume: Volume, model: SegModel, *, batch_size: int | None = None) -> Segmentation:
     """Label C1..C7 in a canonical volume (axis 0 superior -> inferior; see ``cspine.io.orient``).
 
     Args:
         volume: the study in canonical orientation.
         model: a loaded :class:`SegModel`.
-        batch_size: 2.5D stacks per forward pass.
+        batch_size: 2.5D stacks per forward pass (default: 4 on a CPU, 32 on a GPU).
 
     Returns:
         A :class:`Segmentation` on ``volume``'s grid, with warnings for levels not found, levels
@@ -159,9 +179,10 @@ def segment(volume: Volume, model: SegModel, *, batch_size: int = 16) -> Segment
 
 def to_full_grid(small: np.ndarray, grid: ReducedGrid) -> np.ndarray:
     """Map reduced-grid labels back onto the original grid by nearest neighbour."""
-    zi, yi, xi = grid.back_indices()
-    # Two gathers (z, then the plane) keep the intermediate at most n x Y x X.
-    return np.ascontiguousarray(small[:, yi][:, :, xi][zi])
+    zi, yi, xi = (torch.from_numpy(i) for i in grid.back_indices())
+    # Plane first (n x Y x X at most), then z; torch's gathers run ~3x faster than numpy fancy indexing.
+    t = torch.from_numpy(np.ascontiguousarray(small))
+    return t.index_select(1, yi).index_select(2, xi).index_select(0, zi).numpy()
 
 
 def _bone_voxels(hu: np.ndarray) -> int:

@@ -30,7 +30,7 @@ def _has_true_mask(store: object, uid: str) -> bool:
 
 
 def pseudo_label_cache(cache_dir: str | Path, model_folder: str | Path, *, device: str | None = None,
-                       batch_size: int = 16) -> int:
+                       batch_size: int | None = None) -> int:
     """Write ``<cache>/<uid>/pseudo_mask.npy`` (uint8 labels on the cached volume's grid) for every
     cached study without a true mask.
 
@@ -41,7 +41,7 @@ def pseudo_label_cache(cache_dir: str | Path, model_folder: str | Path, *, devic
         cache_dir: a prepared cache (``cspine.preprocess.cache.StudyCache``).
         model_folder: a stage-1 model folder (``RUN/seg``).
         device: ``"cpu"``, ``"cuda"`` or ``None`` (auto).
-        batch_size: 2.5D stacks per forward pass.
+        batch_size: 2.5D stacks per forward pass (default: by device).
 
     Returns:
         The number of pseudo-masks written by this call.

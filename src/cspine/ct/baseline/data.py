@@ -1,0 +1,90 @@
+"""Training samples of the one-stage baseline: one whole-study stack per study with its labels.
+
+Studies come from an RSNA root (volumes from the preprocessing cache when given, else decoded with
+:func:`cspine.io.study.load_study`) or from memory (:class:`BaselineStudy`). No mask is needed: the
+baseline uses every training study, with or without a segmentation. Stacks are kept as uint8 (the
+[0, 1] bone window in 255 steps) like stage 2's crops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cspine.ct.baseline.inputs import slice_targets, study_stack
+from cspine.ct.cls.dataset import box_slices_of, to_uint8
+from cspine.io.volume import Volume
+from cspine.labels import VERTEBRAE
+from cspine.models.vertebra_classifier import ClsConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class BaselineStudy:
+    """One training study as the baseline needs it.
+
+    Attributes:
+        uid: StudyInstanceUID.
+        volume: the canonical volume.
+        labels: ``{C1..C7: 0|1}``.
+        box_slices: volume slice indices carrying a fracture box, or ``None`` when it has no boxes.
+    """
+
+    uid: str
+    volume: Volume
+    labels: dict[str, int]
+    box_slices: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class StudySample:
+    """A stored study stack with its targets (duck-compatible with stage 2's ``CropSample``, so
+    :class:`cspine.ct.cls.dataset.CropDataset` serves it with the same augmentation)."""
+
+    uid: str
+    image: np.ndarray  # uint8 (N, k, S, S)
+    label: np.ndarray  # float32 (7,) C1..C7
+    slice_target: np.ndarray  # float32 (N,), NaN = no target
+    slice_indices: np.ndarray  # int64 (N,)
+
+
+def sample_from_study(study: BaselineStudy, cfg: ClsConfig) -> StudySample:
+    """The stack and targets of one study."""
+    stack = study_stack(study.volume, cfg)
+    y = np.array([int(study.labels.get(v, 0)) for v in VERTEBRAE], np.float32)
+    return StudySample(study.uid, to_uint8(stack.array), y,
+                       slice_targets(stack, study.box_slices, bool(y.max() > 0)), stack.slice_indices)
+
+
+def iter_baseline_studies(data: Path, *, cache: Path | None = None,
+                          uids: Sequence[str] | None = None) -> Iterator[BaselineStudy]:
+    """Yield the training studies of an RSNA root; a study that cannot be read is skipped with a warning."""
+    from cspine.errors import CspineError
+    from cspine.io.rsna import RsnaDataset
+
+    ds = RsnaDataset(data)
+    store = None
+    if cache is not None:
+        from cspine.preprocess.cache import StudyCache
+
+        store = StudyCache(cache)
+    labels_df = ds.train.set_index("StudyInstanceUID")
+    for uid in uids or ds.train_uids():
+        try:
+            if store is not None and store.has(uid):
+                volume = store.load(uid)
+            else:
+                from cspine.io.study import load_study
+
+                volume = load_study(ds.study_dir(uid), workers=1)
+        except (CspineError, OSError, ValueError) as exc:
+            log.warning("study %s skipped: %s", uid, exc)
+            continue
+        row = labels_df.loc[uid]
+        labels = {v: int(row[v]) for v in VERTEBRAE}
+        yield BaselineStudy(uid, volume, labels, box_slices_of(volume, ds.boxes, uid))
