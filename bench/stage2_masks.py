@@ -1,0 +1,112 @@
+"""Benchmark: stage 2 alone, trained on phantoms with their true masks, scored on held-out phantoms with
+true masks and (``--seg RUN``) with a stage-1 model's masks: does the classifier or the localisation
+limit the two-stage system? All numbers *synthetic*.
+
+Studies are rendered in memory (``make_phantom``, no DICOM round trip); fracture boxes come from the
+phantom's own per-slice boxes, as ``train_bounding_boxes.csv`` would give them. The stage-2 model and
+training settings are the CPU demo's (:class:`cspine.ct.demo.DemoConfig`, read at run time).
+
+Usage::
+
+    .venv/bin/python bench/stage2_masks.py --train 200 --test 60 --epochs 8 [--seg RUN] [--no-append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import append_benchmark, markdown_table  # noqa: E402
+
+TEST_SEED0 = 100_000
+
+
+def phantom_study(seed: int, size: int):  # noqa: ANN201
+    """A ClsStudy from a phantom: true masks, labels, box slices and in-plane boxes (canonical)."""
+    from cspine.ct.cls.dataset import ClsStudy
+    from cspine.ct.seg.postprocess import Segmentation
+    from cspine.synth.phantom import make_phantom
+
+    p = make_phantom(seed, size=size)
+    regions: dict[int, tuple[tuple[int, int, int, int], ...]] = {}
+    for k, x, y, w, h in p.boxes:
+        regions[int(k)] = ((int(np.floor(y)), int(np.ceil(y + h)), int(np.floor(x)), int(np.ceil(x + w))),)
+    return ClsStudy(str(seed), p.volume(), Segmentation.from_labels(p.labels), dict(p.fractured),
+                    frozenset(regions), regions)
+
+
+def score(studies: list, model, seg_model=None) -> dict[str, float]:  # noqa: ANN001
+    from sklearn.metrics import roc_auc_score
+
+    from cspine.ct.cls.predict import classify
+    from cspine.ct.seg.predict import segment
+    from cspine.labels import VERTEBRAE
+
+    p, y, pv, yv = [], [], [], []
+    for s in studies:
+        seg = s.seg if seg_model is None else segment(s.volume, seg_model)
+        r = classify(s.volume, seg, model)
+        p.append(r.patient)
+        y.append(max(s.labels.values()))
+        pv += [r.probs[v] for v in VERTEBRAE]
+        yv += [s.labels[v] for v in VERTEBRAE]
+    return {"patient_auc": float(roc_auc_score(y, p)), "vertebra_auc": float(roc_auc_score(yv, pv))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", type=int, default=200)
+    ap.add_argument("--test", type=int, default=60)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seg", type=Path, default=None,
+                    help="a RUN (or RUN/seg) whose stage 1 makes test masks")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from cspine.ct.cls.predict import ClsModel
+    from cspine.ct.cls.train import ClsTrainConfig, train_classifier
+    from cspine.ct.demo import DemoConfig
+    from cspine.ct.presets import cls_train_config
+    from cspine.ct.seg.predict import SegModel
+    from cspine.runtime import cpu_threads
+
+    torch.set_num_threads(args.threads or cpu_threads())
+    demo = DemoConfig()
+    cfg: ClsTrainConfig = cls_train_config("fast", epochs=args.epochs,
+                                           **dict(demo.cls_overrides, seed=demo.seed))
+    train = [phantom_study(s, args.size) for s in tqdm(range(args.train), desc="training phantoms")]
+    test = [phantom_study(TEST_SEED0 + s, args.size) for s in tqdm(range(args.test), desc="test phantoms")]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train_classifier(None, Path(tmp), cfg, studies=train, progress=True)
+        train_s = time.perf_counter() - t0
+        model = ClsModel.load(tmp)
+        rows = [["true masks", *(f"{v:.3f}" for v in score(test, model).values())]]
+        if args.seg is not None:
+            rows.append([f"stage-1 masks ({args.seg})",
+                         *(f"{v:.3f}" for v in score(test, model, SegModel.load(args.seg)).values())])
+    table = markdown_table(["test masks", "patient AUC (synthetic)", "vertebra AUC (synthetic)"], rows)
+    notes = (f"`bench/stage2_masks.py --train {args.train} --test {args.test} --size {args.size} "
+             f"--epochs {args.epochs}`: stage 2 in the CPU demo's configuration trained on {args.train} "
+             f"phantoms with true masks ({train_s:.0f} s, {torch.get_num_threads()} threads), scored on "
+             f"{args.test} other "
+             "phantoms read without DICOM. *Synthetic*.")
+    print(table)
+    print(notes)
+    if not args.no_append:
+        append_benchmark("CT stage 2 alone: true against stage-1 masks (synthetic)", table, notes)
+
+
+if __name__ == "__main__":
+    main()
