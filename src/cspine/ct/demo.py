@@ -44,8 +44,8 @@ class DemoConfig:
     # epochs overfit from the first epoch (held-out patient AUC ~0.5-0.6); 200 x 8 reached 0.73 (vertebra
     # 0.77), 0.77 (vertebra 0.78) with the pixel head on the in-plane fracture boxes: data, not epochs, is
     # what a random-init CNN lacks. aux_weight 10: the box-supervised slice targets are the strongest
-    # signal it gets. End to end, on stage-1 masks, the same recipe scores far lower (docs/BENCHMARKS.md):
-    # stage 1's mask extents, not stage 2, are what limits this demo now.
+    # signal it gets. Trained on true masks it reaches 0.80 on true-mask crops but 0.43 on this stage 1's
+    # crops (bench/stage2_masks.py): stage 1's mask extents are what limit this demo now.
     cls_overrides: dict[str, Any] = field(default_factory=lambda: {
         "backbone": "test_resnet", "n_slices": 12, "image_size": 48, "gru_hidden": 32, "attn_dim": 32,
         "lr": 3e-3, "aux_weight": 10.0, "pixel_head": True})
