@@ -45,7 +45,6 @@ from cspine.checkpoint import (
     load_training_state,
     load_weights,
     save_model,
-    save_training_state,
 )
 from cspine.ct.baseline.data import BaselineStudy, StudySample, iter_baseline_studies, sample_from_study
 from cspine.ct.baseline.model import KIND, build_study_classifier
@@ -59,7 +58,7 @@ from cspine.ct.cls.calibrate import (
     weighted_nll,
 )
 from cspine.ct.cls.dataset import CropDataset
-from cspine.ct.cls.loop import balanced_sampler, steps_per_epoch, train_epoch, warmup_cosine
+from cspine.ct.cls.loop import balanced_sampler, end_epoch, steps_per_epoch, train_epoch, warmup_cosine
 from cspine.ct.cls.train import (
     ClsTrainConfig,
     evaluate_split,
@@ -68,7 +67,7 @@ from cspine.ct.cls.train import (
     weighted_bce_loss,
 )
 from cspine.errors import CspineError, DatasetError
-from cspine.fileio import append_jsonl, write_json
+from cspine.fileio import write_json
 from cspine.labels import PATIENT_WEIGHTS, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, ClsOutput
 from cspine.runtime import resolve_device, seed_everything
@@ -204,13 +203,8 @@ def train_baseline(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache: 
             metrics, _, _, _ = _validate(model, va, labels, dev, cfg.batch_size, amp)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             score = -metrics["vertebra_loss"]
-        append_jsonl(folder / LOG, record)
         log.info("baseline epoch %d: %s", epoch + 1, record)
-        state["epoch"] = epoch + 1
-        if state["best"] is None or score >= state["best"]:
-            state["best"], state["best_epoch"] = score, epoch + 1
-            save_model(folder, model, mcfg, KIND)  # weights now; calibration added below
-        save_training_state(folder, model, opt, sched, state)
+        end_epoch(folder, model, mcfg, KIND, opt, sched, state, record, score)
 
     best = load_weights(folder, build_study_classifier(mcfg)).to(dev)
     cal, pcal, metrics = Calibration(), Calibration(), {}

@@ -1,11 +1,13 @@
 """The training loop pieces stage 2 and the one-stage baseline share: balanced sampling, the warm-up +
-cosine schedule, and one epoch of optimisation (gradient clipping, AMP on a GPU, a progress bar)."""
+cosine schedule, one epoch of optimisation (gradient clipping, AMP on a GPU, a progress bar) and the
+end-of-epoch bookkeeping (log line, best checkpoint, resumable state)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,8 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from cspine.checkpoint import LOG, save_model, save_training_state
+from cspine.fileio import append_jsonl
 from cspine.runtime import autocast
 
 
@@ -62,3 +66,16 @@ def train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer,
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     return float(np.mean(losses)), time.perf_counter() - t0
+
+
+def end_epoch(folder: Path, model: torch.nn.Module, cfg: Any, kind: str, opt: torch.optim.Optimizer,
+              sched: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any], record: dict[str, Any],
+              score: float) -> None:
+    """Append ``record`` to the log, save the weights when ``score`` is the best so far (ties: later
+    epochs win; calibration is added once training ends) and the state ``--resume`` continues from."""
+    append_jsonl(folder / LOG, record)
+    state["epoch"] = int(record["epoch"])
+    if state["best"] is None or score >= state["best"]:
+        state["best"], state["best_epoch"] = score, state["epoch"]
+        save_model(folder, model, cfg, kind)
+    save_training_state(folder, model, opt, sched, state)

@@ -35,7 +35,6 @@ from cspine.checkpoint import (
     load_training_state,
     load_weights,
     save_model,
-    save_training_state,
 )
 from cspine.ct.cls.calibrate import (
     DEFAULT_PATIENT_POOL,
@@ -47,9 +46,9 @@ from cspine.ct.cls.calibrate import (
     weighted_nll,
 )
 from cspine.ct.cls.dataset import UNKNOWN, ClsStudy, CropDataset, CropSample, build_samples
-from cspine.ct.cls.loop import balanced_sampler, steps_per_epoch, train_epoch, warmup_cosine
+from cspine.ct.cls.loop import balanced_sampler, end_epoch, steps_per_epoch, train_epoch, warmup_cosine
 from cspine.errors import CspineError, DatasetError
-from cspine.fileio import append_jsonl, write_json
+from cspine.fileio import write_json
 from cspine.labels import PATIENT_WEIGHTS, VERTEBRA_WEIGHTS, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, build_classifier
 from cspine.runtime import autocast, resolve_device, seed_everything
@@ -266,13 +265,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
             metrics, _, _ = evaluate_split(va, logits, labels, cal, prevalence)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             score = -metrics["vertebra_loss"]
-        append_jsonl(folder / LOG, record)
         log.info("stage 2 epoch %d: %s", epoch + 1, record)
-        state["epoch"] = epoch + 1
-        if state["best"] is None or score >= state["best"]:
-            state["best"], state["best_epoch"] = score, epoch + 1
-            save_model(folder, model, mcfg, KIND)  # weights now; calibration added below
-        save_training_state(folder, model, opt, sched, state)
+        end_epoch(folder, model, mcfg, KIND, opt, sched, state, record, score)
 
     # Calibrate the best checkpoint on the validation split and write the final config.
     best = load_weights(folder, build_classifier(mcfg)).to(dev)
