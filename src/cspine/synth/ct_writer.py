@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.encaps import encapsulate, itemize_fragment
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -217,6 +221,71 @@ def write_ct_series(
     Returns:
         A :class:`WrittenSeries` mapping each canonical slice to its file and InstanceNumber.
     """
+    plan = _plan_series(volume, folder, options, study_uid, uid_seed, extra, verify, verify_every)
+    template = _SeriesTemplate(plan.base, plan.syntax, plan.opts)
+    for s in plan.slices:
+        template.write(s)
+    return plan.written
+
+
+def _write_ct_series_pydicom(
+    volume: Volume | object,
+    folder: str | Path,
+    options: SeriesOptions | None = None,
+    *,
+    study_uid: str | None = None,
+    uid_seed: str | int = 0,
+    extra: dict | None = None,
+    verify: bool = True,
+    verify_every: int = 1,
+) -> WrittenSeries:
+    """:func:`write_ct_series` the slow, obviously right way: one pydicom ``save_as`` per slice.
+
+    The reference the tests and ``bench/writer.py`` compare the pre-encoded header path with.
+    """
+    plan = _plan_series(volume, folder, options, study_uid, uid_seed, extra, verify, verify_every)
+    for s in plan.slices:
+        ds = plan.base.copy()
+        ds.SOPInstanceUID = s.sop_uid
+        ds.InstanceNumber = s.number
+        ds.ImagePositionPatient = s.ipp
+        ds.SliceLocation = s.location
+        _write_slice_pydicom(ds, s.stored, plan.syntax, s.path, s.verify)
+    return plan.written
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """What differs between the files of one series."""
+
+    sop_uid: str
+    number: int  # InstanceNumber
+    ipp: list[str]  # ImagePositionPatient
+    location: str  # SliceLocation
+    stored: np.ndarray  # the stored pixel values, (rows, cols), C-contiguous
+    path: Path
+    verify: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    base: Dataset  # the elements every slice shares
+    syntax: str
+    opts: SeriesOptions
+    slices: list[_Slice]
+    written: WrittenSeries
+
+
+def _plan_series(
+    volume: Volume | object,
+    folder: str | Path,
+    options: SeriesOptions | None,
+    study_uid: str | None,
+    uid_seed: str | int,
+    extra: dict | None,
+    verify: bool,
+    verify_every: int,
+) -> _Plan:
     if not isinstance(volume, Volume):
         volume = volume.volume()  # a Phantom
     opts = fit_options(options or SeriesOptions(), volume.hu)
@@ -236,26 +305,270 @@ def write_ct_series(
     base = _base_dataset(study_uid, series_uid, frame_uid, opts, (rows, cols), spacing, extra or {})
     base.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
     syntax = ENCODINGS[opts.encoding]
-    paths, numbers = [], []
+    # Checked for the whole study before the first file: never leave half a series behind.
+    stored = _stored(volume.hu, opts, str(folder))
+    if opts.feet_first:  # FFS: the columns run the other way
+        stored = np.ascontiguousarray(stored[:, :, ::-1])
+    first_col = cols - 1 if opts.feet_first else 0
+    slices = []
     for k in range(n):
         number = n - k if opts.reverse_numbering else k + 1
-        first_col = cols - 1 if opts.feet_first else 0
         ipp = a[:3, :3] @ np.array([k, 0, first_col], dtype=np.float64) + a[:3, 3]
-        pixels = volume.hu[k, :, ::-1] if opts.feet_first else volume.hu[k]
-        stored = _stored(np.ascontiguousarray(pixels), opts, str(folder))
+        slices.append(
+            _Slice(
+                sop_uid=generate_uid(UID_PREFIX, entropy + [series_uid, str(k)]),
+                number=number,
+                ipp=[f"{v:.4f}" for v in ipp],
+                location=f"{ipp[2]:.4f}",
+                stored=stored[k],
+                path=folder / f"{number}.dcm",
+                verify=verify and (k % max(1, verify_every) == 0 or k == n - 1),
+            )
+        )
+    written = WrittenSeries(
+        tuple(s.path for s in slices), tuple(s.number for s in slices), opts.feet_first, series_uid, syntax
+    )
+    return _Plan(base, syntax, opts, slices, written)
+
+
+# The tags that change from slice to slice; everything else in a series' files is the same bytes.
+_MEDIA_SOP_INSTANCE_UID = 0x00020003
+_VARYING = (0x00080018, 0x00200013, 0x00200032, 0x00201041, 0x7FE00010)  # SOPInstanceUID .. PixelData
+_PIXEL_DATA = 0x7FE00010
+# GDCM's writer adds these Type 2 attributes (empty) when they are missing; the JPEG lossless files
+# it wrote (before the in-memory route) had them, so the pre-encoded header has them too.
+_GDCM_TYPE2 = ("AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "PatientSex", "StudyID")
+# ... and re-encodes these from their numbers (ImagePositionPatient too, per slice): see _gdcm_ds.
+_GDCM_DS = ("PixelSpacing", "ImageOrientationPatient", "RescaleIntercept", "RescaleSlope")
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _encode_elements(elements: list[DataElement], implicit: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    for elem in elements:
+        write_data_element(fp, elem)
+    return fp.getvalue()
+
+
+def _encode_runs(ds: Dataset, varying: tuple[int, ...], implicit: bool) -> list[bytes]:
+    """``ds`` (without the varying tags) encoded by pydicom as the runs between consecutive varying tags.
+
+    Elements must be in ascending tag order in a file, so run ``i`` holds the tags below ``varying[i]``
+    (and above ``varying[i-1]``); the last run holds the tags above ``varying[-1]``.
+    """
+    bounds = (-1, *varying, 1 << 32)
+    runs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        part = Dataset()
+        for elem in ds:
+            if lo < elem.tag < hi:
+                part.add(elem)
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, part)
+        runs.append(fp.getvalue())
+    return runs
+
+
+class _SeriesTemplate:
+    """The bytes a series' files share, encoded once by pydicom; per slice only the varying elements.
+
+    A file is: preamble, ``DICM``, file meta (its group length recomputed because the instance UID's
+    length can change), then the dataset runs interleaved with SOPInstanceUID, InstanceNumber,
+    ImagePositionPatient, SliceLocation and PixelData. The result is byte-identical to what
+    :func:`_write_slice_pydicom` writes (the tests compare them file by file).
+    """
+
+    def __init__(self, base: Dataset, syntax: str, opts: SeriesOptions) -> None:
+        self.syntax = syntax
+        self.implicit = syntax == ImplicitVRLittleEndian
+        self.gdcm = syntax == JPEGLosslessSV1
         ds = base.copy()
-        ds.SOPInstanceUID = generate_uid(UID_PREFIX, entropy + [series_uid, str(k)])
-        ds.InstanceNumber = number
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]
-        ds.SliceLocation = f"{ipp[2]:.4f}"
-        path = folder / f"{number}.dcm"
-        _write_slice(ds, stored, syntax, path, verify and (k % max(1, verify_every) == 0 or k == n - 1))
-        paths.append(path)
-        numbers.append(number)
-    return WrittenSeries(tuple(paths), tuple(numbers), opts.feet_first, series_uid, syntax)
+        for tag in _VARYING:
+            if tag in ds:
+                del ds[tag]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = base.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = "1.2"  # a placeholder, encoded per slice
+        meta.TransferSyntaxUID = syntax
+        if self.gdcm:
+            import gdcm
+
+            for keyword in _GDCM_TYPE2:
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+            for keyword in _GDCM_DS:
+                ds[keyword].value = (
+                    [_gdcm_ds(v) for v in ds[keyword].value]
+                    if ds[keyword].VM > 1
+                    else _gdcm_ds(ds[keyword].value)
+                )
+            meta.FileMetaInformationVersion = b"\x00\x01"
+            meta.ImplementationClassUID = gdcm.FileMetaInformation.GetImplementationClassUID()
+            meta.ImplementationVersionName = gdcm.FileMetaInformation.GetImplementationVersionName()
+            meta.SourceApplicationEntityTitle = gdcm.FileMetaInformation.GetSourceApplicationEntityTitle()
+        else:
+            validate_file_meta(meta, enforce_standard=True)  # adds pydicom's implementation UID/version
+        del meta[_MEDIA_SOP_INSTANCE_UID]
+        self.meta_runs = _encode_runs(meta, (_MEDIA_SOP_INSTANCE_UID,), implicit=False)
+        self.runs = _encode_runs(ds, _VARYING, self.implicit)
+        self.encoder, self.plugin, self.pixel_options = None, "", {}
+        if syntax in (JPEG2000Lossless, RLELossless):
+            from pydicom.pixels import get_encoder
+            from pydicom.pixels.utils import as_pixel_options
+
+            self.encoder = get_encoder(syntax)
+            self.plugin = "pylibjpeg" if syntax == JPEG2000Lossless else ""
+            self.pixel_options = as_pixel_options(base)  # rows, columns, bits... as compress() uses
+        self.bits_stored, self.signed = opts.bits_stored, opts.signed
+
+    def _pixel_element(self, stored: np.ndarray) -> DataElement:
+        if self.encoder is not None:
+            frame = self.encoder.encode(stored, encoding_plugin=self.plugin, **self.pixel_options)
+            return DataElement(_PIXEL_DATA, "OB", encapsulate([frame]), is_undefined_length=True)
+        if self.gdcm:
+            fragments = _gdcm_jpeg_lossless_fragments(stored, self.bits_stored, self.signed)
+            value = itemize_fragment(b"") + b"".join(itemize_fragment(f) for f in fragments)  # empty BOT
+            return DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
+        return DataElement(_PIXEL_DATA, "OW", stored.tobytes())
+
+    def encode(self, s: _Slice) -> bytes:
+        """The whole file of slice ``s``."""
+        uid = _encode_elements([DataElement(_MEDIA_SOP_INSTANCE_UID, "UI", s.sop_uid)], implicit=False)
+        meta_len = len(self.meta_runs[0]) + len(uid) + len(self.meta_runs[1])
+        group_length = _encode_elements([DataElement(0x00020000, "UL", meta_len)], implicit=False)
+        varying = [
+            DataElement(0x00080018, "UI", s.sop_uid),
+            DataElement(0x00200013, "IS", s.number),
+            DataElement(0x00200032, "DS", [_gdcm_ds(v) for v in s.ipp] if self.gdcm else s.ipp),
+            DataElement(0x00201041, "DS", s.location),
+            self._pixel_element(s.stored),
+        ]
+        parts = [_PREAMBLE, group_length, self.meta_runs[0], uid, self.meta_runs[1]]
+        for run, elem in zip(self.runs[:-1], varying, strict=True):
+            parts += [run, _encode_elements([elem], self.implicit)]
+        parts.append(self.runs[-1])
+        return b"".join(parts)
+
+    def write(self, s: _Slice) -> None:
+        data = self.encode(s)
+        with atomic_path(s.path) as tmp:
+            tmp.write_bytes(data)
+            if s.verify:
+                _verify(tmp, s.stored, self.syntax, s.path)
 
 
-def _write_slice(ds: Dataset, stored: np.ndarray, syntax: str, path: Path, verify: bool) -> None:
+def _gdcm_jpeg_lossless_fragments(stored: np.ndarray, bits_stored: int, signed: bool) -> list[bytes]:
+    """JPEG lossless (process 14 SV1) fragments of one slice, encoded by GDCM in memory."""
+    import gdcm
+
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimension(0, stored.shape[1])
+    image.SetDimension(1, stored.shape[0])
+    # PixelFormat(samples per pixel, bits allocated, bits stored, high bit, pixel representation)
+    image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits_stored, bits_stored - 1, int(signed)))
+    image.SetPhotometricInterpretation(
+        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2)
+    )
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ExplicitVRLittleEndian))
+    pixels = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    pixels.SetByteStringValue(stored.tobytes())
+    pixels.SetVR(gdcm.VR(gdcm.VR.OW))
+    image.SetDataElement(pixels)
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(image)
+    # GDCM images are reference counted: the filter's smart pointer now holds (and will delete) the
+    # image, so Python must not delete it too (a double free that corrupts the heap).
+    image.thisown = False
+    if not change.Change():
+        raise CspineError("GDCM could not encode the slice as JPEG lossless", "(in memory)")
+    fragments = change.GetOutput().GetDataElement().GetSequenceOfFragments()
+    # The fragments belong to the filter's output (alive until return). The SWIG binding returns their
+    # bytes as a str decoded with surrogateescape, which pydicom's GDCM pixel handler also relies on.
+    return [
+        fragments.GetFragment(i).GetByteValue().GetBuffer().encode("utf-8", "surrogateescape")
+        for i in range(fragments.GetNumberOfFragments())
+    ]
+
+
+def _gdcm_round_at(mant: str, i: int, iexp: int) -> tuple[str, bool]:
+    """GDCM's roundat(): cut the digit string at ``i``, rounding half up; on overflow a special string."""
+    if i >= len(mant):
+        return mant, False
+    c, digits = mant[i], list(mant[:i])
+    if c < "5":
+        return "".join(digits), False
+    n = i - 1
+    while n >= 0 and digits[n] == "9":
+        digits[n] = "0"
+        n -= 1
+    if n >= 0:
+        digits[n] = chr(ord(digits[n]) + 1)
+        return "".join(digits), False
+    iexp += 1
+    special = {-2: ".01", -1: ".1", 0: "1.", 1: "10", 2: "100"}
+    return special.get(iexp, f"1e{iexp}"), True
+
+
+def _gdcm_clean(buf: str) -> str:
+    """GDCM's clean(): strip trailing zeros (keeping the first character), then a trailing point."""
+    end = len(buf)
+    while end > 1 and buf[end - 1] == "0":
+        end -= 1
+    if buf[end - 1] == ".":
+        end -= 1
+    return buf[:end]
+
+
+def _gdcm_ds(value: str | float, size: int = 16) -> str:
+    """A DS value the way GDCM's writer re-encodes it (a port of ``x16printf`` in gdcmElement.h, 3.2.x).
+
+    GDCM's ImageWriter rewrites RescaleIntercept/Slope, PixelSpacing, ImageOrientationPatient and
+    ImagePositionPatient from their numbers: at most 16 characters, no trailing zeros, no leading
+    zero (``0.5`` -> ``.5``). The JPEG lossless files keep that spelling byte for byte.
+    """
+    f = float(value)
+    sign = ""
+    if f < 0:
+        f, size, sign = -f, size - 1, "-"
+    line = f"{f:1.16e}"
+    if line[0] == "-":  # -0.0
+        f, size, sign = -f, size - 1, "-"
+        line = f"{f:1.16e}"
+    e = line.index("e")
+    mant, iexp = line[0] + line[2:e], int(line[e + 1 :])
+    lexp = len(f"e{iexp}")
+    if iexp >= size or iexp < -3:
+        mant, over = _gdcm_round_at(mant, size - 1 - lexp, iexp)
+        if over:
+            return sign + mant
+        return sign + _gdcm_clean(mant[0] + "." + mant[1 : size - 1 - lexp]) + f"e{iexp}"
+    if iexp >= size - 2:
+        return sign + _gdcm_round_at(mant, iexp + 1, iexp)[0]
+    if iexp >= 0:
+        mant, over = _gdcm_round_at(mant, size - 1, iexp)
+        if over:
+            return sign + mant
+        return sign + _gdcm_clean((mant[: iexp + 1] + "." + mant[iexp + 1 :])[:size])
+    mant, over = _gdcm_round_at(mant, size + 1 + iexp, iexp)
+    if over:
+        return sign + mant
+    return sign + _gdcm_clean(("." + "0" * (-1 - iexp) + mant)[:size])
+
+
+def _verify(tmp: Path, stored: np.ndarray, syntax: str, path: Path) -> None:
+    back = pydicom.dcmread(tmp)
+    if back.file_meta.TransferSyntaxUID != syntax:
+        raise CspineError(f"wrote {back.file_meta.TransferSyntaxUID}, expected {syntax}", path)
+    if not np.array_equal(back.pixel_array, stored):
+        raise CspineError(f"encoded slice does not decode to the same values ({syntax})", path)
+
+
+def _write_slice_pydicom(ds: Dataset, stored: np.ndarray, syntax: str, path: Path, verify: bool) -> None:
+    """The reference slice writer: pydicom ``save_as`` (JPEG lossless: GDCM from a raw temporary file)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -289,8 +602,4 @@ def _write_slice(ds: Dataset, stored: np.ndarray, syntax: str, path: Path, verif
                 little_endian=True,
             )
         if verify:
-            back = pydicom.dcmread(tmp)
-            if back.file_meta.TransferSyntaxUID != syntax:
-                raise CspineError(f"wrote {back.file_meta.TransferSyntaxUID}, expected {syntax}", path)
-            if not np.array_equal(back.pixel_array, stored):
-                raise CspineError(f"encoded slice does not decode to the same values ({syntax})", path)
+            _verify(tmp, stored, syntax, path)
