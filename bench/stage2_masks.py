@@ -6,9 +6,15 @@ Studies are rendered in memory (``make_phantom``, no DICOM round trip); fracture
 phantom's own per-slice boxes, as ``train_bounding_boxes.csv`` would give them. The stage-2 model and
 training settings are the CPU demo's (:class:`cspine.ct.demo.DemoConfig`, read at run time).
 
+With ``--seg`` it also mixes the two: crops placed by the true mask with stage 1's mask as the
+mask channel, and the reverse, which tells the crop's geometry from the mask channel's content.
+``--mask-blur 0`` trains with the sharp mask channel (the leak the default blur removes: a true mask
+traces the fracture).
+
 Usage::
 
-    .venv/bin/python bench/stage2_masks.py --train 200 --test 60 --epochs 8 [--seg RUN] [--no-append]
+    .venv/bin/python bench/stage2_masks.py --train 200 --test 60 --epochs 8 [--seg RUN] [--mask-blur 0]
+        [--no-append]
 """
 
 from __future__ import annotations
@@ -42,16 +48,27 @@ def phantom_study(seed: int, size: int):  # noqa: ANN201
                     frozenset(regions), regions)
 
 
-def score(studies: list, model, seg_model=None) -> dict[str, float]:  # noqa: ANN001
+#: How the test crops are made: their geometry (z-range, box) and their mask channel, each from the true
+#: mask or from stage 1.
+MODES = {"true masks": ("true", "true"), "stage-1 masks": ("stage1", "stage1"),
+         "true geometry, stage-1 mask channel": ("true", "stage1"),
+         "stage-1 geometry, true mask channel": ("stage1", "true")}
+
+
+def score(studies: list, model, seg_model=None, mode: str = "true masks") -> dict[str, float]:  # noqa: ANN001
     from sklearn.metrics import roc_auc_score
 
     from cspine.ct.cls.predict import classify
+    from cspine.ct.seg.postprocess import Segmentation
     from cspine.ct.seg.predict import segment
     from cspine.labels import VERTEBRAE
 
+    geometry, channel = MODES[mode]
     p, y, pv, yv = [], [], [], []
     for s in studies:
-        seg = s.seg if seg_model is None else segment(s.volume, seg_model)
+        found = segment(s.volume, seg_model) if seg_model is not None else s.seg
+        seg = Segmentation((found if channel == "stage1" else s.seg).labels,
+                           (found if geometry == "stage1" else s.seg).vertebrae)
         r = classify(s.volume, seg, model)
         p.append(r.patient)
         y.append(max(s.labels.values()))
@@ -68,6 +85,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seg", type=Path, default=None,
                     help="a RUN (or RUN/seg) whose stage 1 makes test masks")
+    ap.add_argument("--mask-blur", type=float, default=None,
+                    help="the mask channel's blur (default: the model default; 0 = the sharp mask)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
@@ -83,8 +102,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads or cpu_threads())
     demo = DemoConfig()
-    cfg: ClsTrainConfig = cls_train_config("fast", epochs=args.epochs,
-                                           **dict(demo.cls_overrides, seed=demo.seed))
+    over = dict(demo.cls_overrides, seed=demo.seed)
+    if args.mask_blur is not None:
+        over["mask_blur"] = args.mask_blur
+    cfg: ClsTrainConfig = cls_train_config("fast", epochs=args.epochs, **over)
     train = [phantom_study(s, args.size) for s in tqdm(range(args.train), desc="training phantoms")]
     test = [phantom_study(TEST_SEED0 + s, args.size) for s in tqdm(range(args.test), desc="test phantoms")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,11 +115,16 @@ def main() -> None:
         model = ClsModel.load(tmp)
         rows = [["true masks", *(f"{v:.3f}" for v in score(test, model).values())]]
         if args.seg is not None:
-            rows.append([f"stage-1 masks ({args.seg})",
-                         *(f"{v:.3f}" for v in score(test, model, SegModel.load(args.seg)).values())])
+            seg_model = SegModel.load(args.seg)
+            for mode in list(MODES)[1:]:
+                rows.append([f"{mode} ({args.seg})",
+                             *(f"{v:.3f}" for v in score(test, model, seg_model, mode).values())])
     table = markdown_table(["test masks", "patient AUC (synthetic)", "vertebra AUC (synthetic)"], rows)
+    blur = f" --mask-blur {args.mask_blur:g}" if args.mask_blur is not None else ""
     notes = (f"`bench/stage2_masks.py --train {args.train} --test {args.test} --size {args.size} "
-             f"--epochs {args.epochs}`: stage 2 in the CPU demo's configuration trained on {args.train} "
+             f"--epochs {args.epochs}{blur}`: stage 2 (mask channel blur {cfg.model.mask_blur:g}, "
+             f"{cfg.crop_variants} jittered crop(s) per training vertebra) in the CPU demo's configuration "
+             f"trained on {args.train} "
              f"phantoms with true masks ({train_s:.0f} s, {torch.get_num_threads()} threads), scored on "
              f"{args.test} other "
              "phantoms read without DICOM. *Synthetic*.")

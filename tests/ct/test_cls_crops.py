@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cspine.ct.cls.crops import extract_crops
+from cspine.ct.cls.crops import extract_crops, jitter_geometry
 from cspine.ct.cls.dataset import slice_targets
 from cspine.ct.seg.predict import Segmentation
 from cspine.io.volume import volume_from_arrays
 from cspine.labels import BONE_WINDOW, VERTEBRAE, window_bounds
 from cspine.models.vertebra_classifier import ClsConfig
 
-CFG = ClsConfig(backbone="test_efficientnet", n_slices=8, k=3, image_size=24, z_margin=0.0, xy_margin=0.0)
+CFG = ClsConfig(backbone="test_efficientnet", n_slices=8, k=3, image_size=24, z_margin=0.0, xy_margin=0.0,
+                mask_blur=0.0)
 
 
 def _stack() -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +78,41 @@ def test_mask_channel_is_the_vertebra_mask() -> None:
     assert m[:, 0, 0].max() == 0.0  # corners are outside the vertebra
     no_mask = ClsConfig(**{**CFG.__dict__, "use_mask_channel": False})
     assert extract_crops(volume_from_arrays(hu), seg, no_mask)["C2"].array.shape[1] == 3
+
+
+def test_blurred_mask_channel_marks_the_vertebra_but_not_a_fracture_gap() -> None:
+    # A true mask follows a fracture: here a 1-pixel gap splits C2's mask. The sharp channel shows the
+    # gap; the blurred one (the default) must not, yet must still say where the vertebra is.
+    hu, labels = _stack()
+    labels[14:24, 11:27, 24] = 0
+    seg = Segmentation.from_labels(labels)
+    sharp = extract_crops(volume_from_arrays(hu), seg, CFG)["C2"].array[:, 3]
+    cfg = ClsConfig(**{**CFG.__dict__, "mask_blur": ClsConfig().mask_blur, "xy_margin": 0.25})
+    soft = extract_crops(volume_from_arrays(hu), seg, cfg)["C2"].array[:, 3]
+    row, gap, beside = 12, 12, 9  # crop pixels: the centre row, the gap column, a column next to it
+    assert sharp[4, row, gap] < 0.6 * sharp[4, row, beside]
+    assert soft[4, row, gap] > 0.9 * soft[4, row, beside]
+    assert soft[4, row, gap] > 3 * soft[4, 0, 0]  # the vertebra still stands out from the corner
+
+
+def test_jitter_geometry_moves_edges_within_the_share_asked() -> None:
+    hu, labels = _stack()
+    seg = Segmentation.from_labels(labels)
+    assert jitter_geometry(seg, np.random.default_rng(0), 0.0) is seg
+    moved = [jitter_geometry(seg, np.random.default_rng(s), 0.2) for s in range(20)]
+    assert all(m.labels is seg.labels for m in moved)  # geometry only; the label map is shared
+    assert not moved[0].vertebrae["C7"].present  # absent stays absent
+    changed = 0
+    for m in moved:
+        for name in VERTEBRAE[:6]:
+            a, b = seg.vertebrae[name], m.vertebrae[name]
+            ext = (a.z_range[1] - a.z_range[0], a.box[1] - a.box[0], a.box[3] - a.box[2])
+            for i, e in enumerate((*a.z_range, *a.box)):
+                f = (*b.z_range, *b.box)[i]
+                assert abs(f - e) <= 0.2 * ext[i // 2] + 0.5
+                changed += f != e
+            assert b.z_range[1] > b.z_range[0] and b.box[1] > b.box[0] and b.box[3] > b.box[2]
+    assert changed > 0.5 * 20 * 6 * 6
 
 
 def test_box_outside_volume_is_padded_with_air() -> None:

@@ -80,7 +80,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cls_run")
     studies = [toy_study(seed) for seed in range(8)]
     cfg = ClsTrainConfig(model=MODEL, epochs=1, batch_size=4, lr=3e-3, max_steps_per_epoch=3,
-                         val_fraction=0.3)
+                         val_fraction=0.3, crop_variants=1)
     folder = train_classifier(None, out, cfg, studies=studies, progress=False)
     return out, folder, cfg, studies
 
@@ -98,6 +98,10 @@ def test_training_writes_the_model_folder(trained) -> None:
     assert extra["patient_pool"] == "noisy_or" and "noisy_or" in extra["patient_aggregation"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_train_studies"] + metrics["n_val_studies"] == 8
+    # crop_variants=1: every training vertebra twice (as the mask gives it, then jittered), the
+    # validation vertebrae once, as predict would crop them
+    assert metrics["n_train_crops"] == 2 * 7 * metrics["n_train_studies"]
+    assert metrics["n_val_crops"] == 7 * metrics["n_val_studies"]
 
 
 def test_classify_outputs_and_reload_is_identical(trained) -> None:

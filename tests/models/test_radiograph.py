@@ -84,3 +84,34 @@ def test_bad_configs() -> None:
         XrayConfig(classes=("only",))
     with pytest.raises(ValueError):
         XrayConfig(arch="alexnet", image_size=32)
+
+
+def test_random_init_is_he_normal() -> None:
+    # torchvision's GoogLeNet init (std 0.01) trained less stably from scratch and AlexNet's PyTorch
+    # default vanishes (see cspine.models.radiograph): random init is He-normal (fan-out, ReLU gain).
+    torch.manual_seed(0)
+    g = build_xray_model(XrayConfig(arch="googlenet", image_size=32, hidden=16))
+    w = g.backbone.inception4a.branch2[1].conv.weight.detach()  # 3x3 conv, 208 outputs
+    assert float(w.std()) == pytest.approx((2 / (w.shape[0] * 9)) ** 0.5, rel=0.05)
+    a = build_xray_model(XrayConfig(arch="alexnet", image_size=63, hidden=16))
+    w = a.backbone.features[3].weight.detach()  # conv2: 192 outputs, 5x5
+    assert float(w.std()) == pytest.approx((2 / (192 * 25)) ** 0.5, rel=0.05)
+    fc6 = a.backbone.classifier[1].weight.detach()
+    assert float(fc6.std()) == pytest.approx(0.01, rel=0.05)
+    for m in (g, a):  # the head keeps PyTorch's default (a N(0, 0.01) output layer stalled training)
+        bound = 1 / m.head[-1].in_features ** 0.5
+        w = m.head[-1].weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.std()) > 0.5 * bound / 3**0.5
+
+
+def test_alexnet_batch_norm_variant() -> None:
+    m = build_xray_model(XrayConfig(arch="alexnet", image_size=63, hidden=8, batch_norm=True))
+    kinds = [type(x).__name__ for x in m.backbone.features]
+    assert kinds.count("BatchNorm2d") == 5
+    assert all(kinds[i + 1] == "BatchNorm2d" for i, k in enumerate(kinds) if k == "Conv2d")
+    m.train()
+    assert m(torch.rand(2, 3, 63, 63)).shape == (2, 3)
+    with pytest.raises(ValueError, match="AlexNet"):
+        XrayConfig(arch="googlenet", batch_norm=True)
+    with pytest.raises(ValueError, match="random init"):
+        XrayConfig(arch="alexnet", batch_norm=True, pretrained="imagenet")

@@ -27,7 +27,7 @@ from cspine.xray.data import load_dataset
 from cspine.xray.predict import load_xray_model, predict_images
 from cspine.xray.saliency import saliency_maps
 from cspine.xray.torchdata import ImageSet
-from cspine.xray.train import XrayTrainConfig, run_epoch, train_xray
+from cspine.xray.train import XrayTrainConfig, _warmup, run_epoch, train_xray
 from cspine.xray.transforms import preprocess
 
 SIZE = 32
@@ -45,7 +45,9 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "g"
-    train_xray(toy, out, CFG, XrayTrainConfig(epochs=1, lr=0.01), device="cpu", progress=False)
+    # warm-up and gradient clipping on: the from-scratch recipe's code path
+    train_xray(toy, out, CFG, XrayTrainConfig(epochs=1, lr=0.01, warmup_epochs=0.5, clip_grad_norm=5.0),
+               device="cpu", progress=False)
     return out
 
 
@@ -98,6 +100,19 @@ def test_run_folder_checkpoint_round_trip_and_resume(run: Path, toy: Path) -> No
     rec = json.loads((run / "log.jsonl").read_text().splitlines()[1])
     assert rec["lr"] == pytest.approx(0.01)  # the step down comes after epoch 4
     assert json.loads((run / "splits.json").read_text()) == splits  # the split is kept on resume
+
+
+def test_warmup_ramps_linearly_then_hands_back_to_the_schedule(run: Path) -> None:
+    first = _warmup(0.01, 1, 10, 1.5)  # 15 warm-up steps over epochs 1-2 of 10 batches
+    assert first is not None
+    assert first(0) == pytest.approx(0.01 / 15) and first(9) == pytest.approx(0.01 * 10 / 15)
+    second = _warmup(0.01, 2, 10, 1.5)
+    assert second is not None and second(4) == pytest.approx(0.01) and second(9) == pytest.approx(0.01)
+    assert _warmup(0.01, 3, 10, 1.5) is None and _warmup(0.01, 1, 10, 0.0) is None
+    # the log keeps the epoch's nominal rate, and the schedule steps from it (not from the warm-up's)
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[0])["lr"] == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        XrayTrainConfig(clip_grad_norm=-1.0)
 
 
 @pytest.mark.parametrize("arch", ["googlenet", "alexnet"])
@@ -165,3 +180,17 @@ def test_cli_error_for_single_class(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["xray", "train", "--data", str(single), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and isinstance(r.exception, DatasetError)
     assert "single class" in str(r.exception)
+
+
+def test_cli_from_scratch_options_reach_the_configs(toy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    r = CliRunner().invoke(app, ["xray", "train", "--data", str(toy), "--out", str(out), "--arch", "alexnet",
+                                 "--epochs", "1", "--image-size", "64", "--batch-norm", "--warmup-epochs",
+                                 "0.5", "--clip-grad", "5", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["config"]["batch_norm"] is True
+    assert doc["extra"]["train"]["warmup_epochs"] == 0.5 and doc["extra"]["train"]["clip_grad_norm"] == 5.0
+    r = CliRunner().invoke(app, ["xray", "train", "--data", str(toy), "--out", str(tmp_path / "g"),
+                                 "--arch", "googlenet", "--batch-norm"])
+    assert r.exit_code != 0 and "AlexNet option" in r.output

@@ -36,6 +36,13 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", min=0.0,
+                                        help="Linear learning-rate warm-up (epochs; 0 = the paper's none)."),
+    clip_grad: float = typer.Option(0.0, "--clip-grad", min=0.0, help="Gradient-norm clip (0 = off)."),
+    batch_norm: bool = typer.Option(False, "--batch-norm/--no-batch-norm",
+                                    help="AlexNet from random init only: a batch norm after each convolution "
+                                         "(not the paper's AlexNet; without it SGD does not train it from "
+                                         "scratch)."),
 ) -> None:
     """Train AlexNet or GoogLeNet (SGD momentum 0.9, lr stepped every 4 epochs, cross-entropy)."""
     from cspine.models.radiograph import XrayConfig
@@ -43,11 +50,12 @@ def train(
 
     try:
         mcfg = XrayConfig(arch=arch, image_size=image_size or None, dropout=dropout, hidden=hidden,
-                          pretrained=pretrained, finetune=finetune)
+                          pretrained=pretrained, finetune=finetune, batch_norm=batch_norm)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     tcfg = XrayTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
-                           seed=seed, augment=augment, drop_duplicates=drop_duplicates)
+                           seed=seed, augment=augment, drop_duplicates=drop_duplicates,
+                           warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad)
     res = train_xray(data, out, mcfg, tcfg, device=device, resume=resume, splits_file=splits)
     typer.echo(f"best epoch {res.best_epoch}: validation accuracy {res.best_val_accuracy:.3f}; "
                f"model in {res.out}")

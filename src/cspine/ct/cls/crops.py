@@ -4,17 +4,20 @@ A crop covers the vertebra's z-range plus a margin and a square in-plane box aro
 margin. Along z it is resampled to ``cfg.n_slices`` source slices (nearest slice, so each crop slice
 is a real CT slice whose index is kept in ``slice_indices``); each crop slice is a stack of ``cfg.k``
 adjacent source slices (bone window, [0, 1]) and, when ``cfg.use_mask_channel``, the vertebra's mask
-on the centre slice. In-plane the box is resized to ``cfg.image_size`` squared.
+on the centre slice, blurred (``cfg.mask_blur``) so that it marks the vertebra without tracing its
+outline. In-plane the box is resized to ``cfg.image_size`` squared.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from cspine.ct.seg.postprocess import VertebraBox
 from cspine.ct.seg.predict import Segmentation
@@ -23,7 +26,7 @@ from cspine.labels import BONE_WINDOW, HU_MIN, LABEL_OF, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
 from cspine.preprocess.window import window_to_unit
 
-__all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "Segmentation", "VertebraBox"]
+__all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "jitter_geometry", "Segmentation", "VertebraBox"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +64,34 @@ def crop_geometry(vb: VertebraBox, shape: tuple[int, int, int], cfg: ClsConfig
     centres = np.rint(np.linspace(z0, max(z1 - 1, z0), cfg.n_slices)).astype(np.int64)
     step = max(1, int(round((z1 - z0) / cfg.n_slices)))
     return (z0, z1), box, centres, step
+
+
+def jitter_geometry(seg: Segmentation, rng: np.random.Generator, amount: float) -> Segmentation:
+    """``seg`` with every vertebra's z-range and in-plane box edges moved at random (training only).
+
+    Each edge moves by up to ``amount`` x the vertebra's extent along that axis (uniform), the way a
+    stage-1 mask's extent errs (measured on the phantom: z ends off by ~15% of the height, the
+    posterior edge of the box by up to ~20% of its depth). Training on such crops teaches stage 2 to
+    find the fracture when the crop is not centred on the vertebra as a true mask would centre it.
+    The label map is shared, not copied.
+    """
+    if amount <= 0:
+        return seg
+    moved: dict[str, VertebraBox] = {}
+    for name, vb in seg.vertebrae.items():
+        if not vb.present:
+            moved[name] = vb
+            continue
+        (z0, z1), (y0, y1, x0, x1) = vb.z_range, vb.box
+
+        def edges(a: int, b: int) -> tuple[int, int]:
+            ext = max(b - a, 1)
+            da, db = rng.uniform(-amount, amount, size=2) * ext
+            na, nb = int(round(a + da)), int(round(b + db))
+            return (na, nb) if nb - na >= max(1, ext // 2) else (a, b)
+
+        moved[name] = dataclasses.replace(vb, z_range=edges(z0, z1), box=(*edges(y0, y1), *edges(x0, x1)))
+    return Segmentation(seg.labels, moved, seg.warnings)
 
 
 def take_box(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
@@ -112,7 +143,11 @@ def extract_crops(volume: Volume, seg: Segmentation, cfg: ClsConfig,
         img = img.reshape(cfg.n_slices, cfg.k, cfg.image_size, cfg.image_size)
         if cfg.use_mask_channel:
             mask = take_box(seg.labels, centres, box, 0) == LABEL_OF[name]
-            m = resize_slices(mask.astype(np.float32), cfg.image_size)[:, None]
+            m = resize_slices(mask.astype(np.float32), cfg.image_size)
+            if cfg.mask_blur > 0:
+                sigma = cfg.mask_blur * cfg.image_size
+                m = ndimage.gaussian_filter(m, (0.0, sigma, sigma), mode="constant")
+            m = m[:, None]
             img = np.concatenate([img, m], axis=1)
         out[name] = VertebraCrop(name=name, array=np.ascontiguousarray(img, dtype=np.float32),
                                  slice_indices=centres, box=box, z_range=z_range)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cspine.ct.cls.crops import Segmentation, VertebraCrop, extract_crops
+from cspine.ct.cls.crops import Segmentation, VertebraCrop, extract_crops, jitter_geometry
 from cspine.io.volume import Volume
 from cspine.labels import LABEL_OF, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
@@ -77,6 +77,7 @@ class CropSample:
     slice_target: np.ndarray  # float32 (N,)
     slice_indices: np.ndarray  # int64 (N,)
     pixel_target: np.ndarray | None = None  # uint8 (N, H, W): 0, 1 or UNKNOWN (see the module docstring)
+    variant: int = 0  # 0: the crop the mask gives; 1..: a crop with jittered geometry (training only)
 
 
 def slice_targets(crop: VertebraCrop, seg: Segmentation, fractured: bool,
@@ -117,9 +118,17 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
 
-def samples_from_study(study: ClsStudy, cfg: ClsConfig) -> list[CropSample]:
-    """Crops and targets of every present vertebra of one study."""
-    crops = extract_crops(study.volume, study.seg, cfg)
+def samples_from_study(study: ClsStudy, cfg: ClsConfig, *, variant: int = 0, jitter: float = 0.0,
+                       rng: np.random.Generator | None = None) -> list[CropSample]:
+    """Crops and targets of every present vertebra of one study.
+
+    ``variant > 0`` with ``jitter > 0`` crops with the geometry moved at random
+    (:func:`cspine.ct.cls.crops.jitter_geometry`); the targets follow the moved crop.
+    """
+    seg = study.seg
+    if variant and jitter > 0:
+        seg = jitter_geometry(seg, rng if rng is not None else np.random.default_rng(variant), jitter)
+    crops = extract_crops(study.volume, seg, cfg)
     out = []
     for name, crop in crops.items():
         y = int(study.labels.get(name, 0))
@@ -131,14 +140,18 @@ def samples_from_study(study: ClsStudy, cfg: ClsConfig) -> list[CropSample]:
             pixels = pixel_targets(crop, bool(y) or unknown_study, study.box_regions, cfg.image_size)
         out.append(CropSample(study.uid, name, to_uint8(crop.array), float(y),
                               slice_targets(crop, study.seg, bool(y), study.box_slices),
-                              crop.slice_indices, pixels))
+                              crop.slice_indices, pixels, variant))
     return out
 
 
-def build_samples(studies: Iterable[ClsStudy], cfg: ClsConfig) -> Iterator[CropSample]:
-    """Crop studies one at a time (a study's volume can be dropped once its crops are made)."""
+def build_samples(studies: Iterable[ClsStudy], cfg: ClsConfig, *, variants: int = 1, jitter: float = 0.0,
+                  seed: int = 0) -> Iterator[CropSample]:
+    """Crop studies one at a time (a study's volume can be dropped once its crops are made):
+    ``variants`` crops per vertebra, the first as the mask gives it, the others jittered."""
+    rng = np.random.default_rng(seed)
     for study in studies:
-        yield from samples_from_study(study, cfg)
+        for v in range(max(1, variants)):
+            yield from samples_from_study(study, cfg, variant=v, jitter=jitter, rng=rng)
 
 
 class CropDataset(Dataset):

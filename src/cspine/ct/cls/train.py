@@ -6,7 +6,10 @@ label is not modelled by the network: the patient probability is the calibrated 
 vertebra probabilities (see :mod:`cspine.ct.cls.calibrate`).
 
 Sampling: fractured and intact vertebrae are drawn with equal probability (``pos_fraction``) with
-replacement, an epoch being as many draws as there are training crops. The validation split is
+replacement, an epoch being as many draws as there are training vertebrae. ``crop_variants`` adds that
+many crops per training vertebra with jittered geometry (:func:`cspine.ct.cls.crops.jitter_geometry`:
+stage-1 masks at prediction time place crops less exactly than the true masks many training studies
+have); they widen what an epoch draws from, not its length. The validation split is
 patient-level (stratified on ``patient_overall``). The checkpoint kept is the epoch with the lowest
 validation weighted loss after calibration (ties: last); temperature and bias are fitted on the same
 validation split and stored in ``config.json``.
@@ -76,6 +79,9 @@ class ClsTrainConfig:
     amp: bool = True
     num_workers: int = 0
     max_steps_per_epoch: int | None = None
+    # Extra training crops per vertebra with jittered geometry (see crops.jitter_geometry): 0 = none.
+    crop_variants: int = 0
+    crop_jitter: float = 0.15
 
 
 def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fraction: float,
@@ -213,7 +219,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     it = tqdm(studies, desc="stage 2 crops", unit="study", disable=not progress, leave=False)
     for study in it:
         labels[study.uid] = {v: int(study.labels.get(v, 0)) for v in VERTEBRAE}
-        samples.extend(build_samples([study], mcfg))
+        samples.extend(build_samples([study], mcfg, variants=1 + cfg.crop_variants, jitter=cfg.crop_jitter,
+                                     seed=cfg.seed + len(labels)))
     if not samples:
         raise DatasetError("no study could be used for stage 2: none had a vertebra mask (true or "
                            "pseudo) and no stage-1 model was given; train stage 1 first "
@@ -224,14 +231,15 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     patient_y = [int(max(labels[u].values())) for u in uids]
     train_uids, val_uids = split_patients(uids, patient_y, cfg.val_fraction, cfg.seed)
     tr = [s for s in samples if s.uid in set(train_uids)]
-    va = [s for s in samples if s.uid in set(val_uids)]
+    va = [s for s in samples if s.uid in set(val_uids) and s.variant == 0]
     prevalence = {v: float(np.mean([labels[u][v] for u in train_uids])) if train_uids else 0.0
                   for v in VERTEBRAE}
 
     model = build_classifier(mcfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     y_tr = np.array([s.label for s in tr])
-    steps = steps_per_epoch(len(tr), cfg.batch_size, cfg.max_steps_per_epoch)
+    # An epoch is as many draws as there are vertebrae: jittered variants add diversity, not steps.
+    steps = steps_per_epoch(sum(s.variant == 0 for s in tr), cfg.batch_size, cfg.max_steps_per_epoch)
     sched = warmup_cosine(opt, steps, steps * cfg.epochs, cfg.warmup_epochs)
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
