@@ -157,7 +157,8 @@ def test_header_writer_matches_reference(tmp_path: Path, encoding, signed, bits,
 
 def test_gdcm_ds_spelling_matches_gdcm(tmp_path: Path) -> None:
     """The port of GDCM's DS formatting gives what GDCM's own writer writes (each of its branches)."""
-    from cspine.synth.ct_writer import _base_dataset, _gdcm_ds, _gdcm_jpeg_lossless
+    from cspine.synth.ct_writer import _base_dataset
+    from cspine.synth.gdcm_codec import encode_jpeg_lossless_file, format_ds
 
     values = (
         "0.0000 -0.0000 0.5 -0.25 0.6665 12.5000 -150.0625 1e-5 0.000999 0.0001234 99999.99999 1.5e14 "
@@ -175,21 +176,21 @@ def test_gdcm_ds_spelling_matches_gdcm(tmp_path: Path) -> None:
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds.PixelData = np.zeros((2, 2), np.uint16).tobytes()
         ds.save_as(tmp_path / "raw.dcm", enforce_file_format=True)
-        _gdcm_jpeg_lossless(tmp_path / "raw.dcm", tmp_path / "gdcm.dcm")
+        encode_jpeg_lossless_file(tmp_path / "raw.dcm", tmp_path / "gdcm.dcm")
         written = [str(x) for x in pydicom.dcmread(tmp_path / "gdcm.dcm").ImagePositionPatient]
-        assert written == [_gdcm_ds(x) for x in triple], triple
-    assert [_gdcm_ds(x) for x in ("0.5", "-0.0000", "1e-5", "2.3392")] == [".5", "-0", "1e-5", "2.3392"]
+        assert written == [format_ds(x) for x in triple], triple
+    assert [format_ds(x) for x in ("0.5", "-0.0000", "1e-5", "2.3392")] == [".5", "-0", "1e-5", "2.3392"]
 
 
 def test_failed_verification_leaves_no_file(phantom, tmp_path: Path, monkeypatch) -> None:
     """A slice that does not decode to its values raises, and neither it nor a temporary file is left."""
     from cspine.errors import CspineError
-    from cspine.synth import ct_writer
+    from cspine.synth import gdcm_codec
 
-    real = ct_writer._gdcm_jpeg_lossless_fragments
+    real = gdcm_codec.encode_jpeg_lossless
     monkeypatch.setattr(
-        ct_writer,
-        "_gdcm_jpeg_lossless_fragments",
+        gdcm_codec,
+        "encode_jpeg_lossless",
         lambda stored, bits, signed: real(stored[::-1].copy(), bits, signed),
     )
     with pytest.raises(CspineError, match="does not decode to the same values"):

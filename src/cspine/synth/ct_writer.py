@@ -38,6 +38,7 @@ from cspine.errors import CspineError
 from cspine.fileio import atomic_path
 from cspine.io.volume import Volume
 from cspine.labels import BONE_WINDOW
+from cspine.synth import gdcm_codec
 
 #: Encodings by name -> transfer syntax UID.
 ENCODINGS: dict[str, str] = {
@@ -130,24 +131,6 @@ def fit_options(opts: SeriesOptions, hu: np.ndarray) -> SeriesOptions:
     return replace(opts, bits_stored=16)
 
 
-def _gdcm_jpeg_lossless(src: Path, dst: Path) -> None:
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    if not reader.Read():
-        raise CspineError("GDCM could not read the uncompressed slice it was given", src)
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        raise CspineError("GDCM could not encode the slice as JPEG lossless", src)
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(dst))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    if not writer.Write():
-        raise CspineError("GDCM could not write the JPEG lossless slice", dst)
 
 
 def _base_dataset(
@@ -338,7 +321,7 @@ _PIXEL_DATA = 0x7FE00010
 # GDCM's writer adds these Type 2 attributes (empty) when they are missing; the JPEG lossless files
 # it wrote (before the in-memory route) had them, so the pre-encoded header has them too.
 _GDCM_TYPE2 = ("AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "PatientSex", "StudyID")
-# ... and re-encodes these from their numbers (ImagePositionPatient too, per slice): see _gdcm_ds.
+# ... and re-encodes these from their numbers (ImagePositionPatient too, per slice): see gdcm_codec.format_ds.
 _GDCM_DS = ("PixelSpacing", "ImageOrientationPatient", "RescaleIntercept", "RescaleSlope")
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -400,9 +383,9 @@ class _SeriesTemplate:
                     setattr(ds, keyword, "")
             for keyword in _GDCM_DS:
                 ds[keyword].value = (
-                    [_gdcm_ds(v) for v in ds[keyword].value]
+                    [gdcm_codec.format_ds(v) for v in ds[keyword].value]
                     if ds[keyword].VM > 1
-                    else _gdcm_ds(ds[keyword].value)
+                    else gdcm_codec.format_ds(ds[keyword].value)
                 )
             meta.FileMetaInformationVersion = b"\x00\x01"
             meta.ImplementationClassUID = gdcm.FileMetaInformation.GetImplementationClassUID()
@@ -428,7 +411,7 @@ class _SeriesTemplate:
             frame = self.encoder.encode(stored, encoding_plugin=self.plugin, **self.pixel_options)
             return DataElement(_PIXEL_DATA, "OB", encapsulate([frame]), is_undefined_length=True)
         if self.gdcm:
-            fragments = _gdcm_jpeg_lossless_fragments(stored, self.bits_stored, self.signed)
+            fragments = gdcm_codec.encode_jpeg_lossless(stored, self.bits_stored, self.signed)
             value = itemize_fragment(b"") + b"".join(itemize_fragment(f) for f in fragments)  # empty BOT
             return DataElement(_PIXEL_DATA, "OB", value, is_undefined_length=True)
         return DataElement(_PIXEL_DATA, "OW", stored.tobytes())
@@ -441,7 +424,7 @@ class _SeriesTemplate:
         varying = [
             DataElement(0x00080018, "UI", s.sop_uid),
             DataElement(0x00200013, "IS", s.number),
-            DataElement(0x00200032, "DS", [_gdcm_ds(v) for v in s.ipp] if self.gdcm else s.ipp),
+            DataElement(0x00200032, "DS", [gdcm_codec.format_ds(v) for v in s.ipp] if self.gdcm else s.ipp),
             DataElement(0x00201041, "DS", s.location),
             self._pixel_element(s.stored),
         ]
@@ -459,104 +442,12 @@ class _SeriesTemplate:
                 _verify(tmp, s.stored, self.syntax, s.path)
 
 
-def _gdcm_jpeg_lossless_fragments(stored: np.ndarray, bits_stored: int, signed: bool) -> list[bytes]:
-    """JPEG lossless (process 14 SV1) fragments of one slice, encoded by GDCM in memory."""
-    import gdcm
-
-    image = gdcm.Image()
-    image.SetNumberOfDimensions(2)
-    image.SetDimension(0, stored.shape[1])
-    image.SetDimension(1, stored.shape[0])
-    # PixelFormat(samples per pixel, bits allocated, bits stored, high bit, pixel representation)
-    image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits_stored, bits_stored - 1, int(signed)))
-    image.SetPhotometricInterpretation(
-        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2)
-    )
-    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ExplicitVRLittleEndian))
-    pixels = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-    pixels.SetByteStringValue(stored.tobytes())
-    pixels.SetVR(gdcm.VR(gdcm.VR.OW))
-    image.SetDataElement(pixels)
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(image)
-    # GDCM images are reference counted: the filter's smart pointer now holds (and will delete) the
-    # image, so Python must not delete it too (a double free that corrupts the heap).
-    image.thisown = False
-    if not change.Change():
-        raise CspineError("GDCM could not encode the slice as JPEG lossless", "(in memory)")
-    fragments = change.GetOutput().GetDataElement().GetSequenceOfFragments()
-    # The fragments belong to the filter's output (alive until return). The SWIG binding returns their
-    # bytes as a str decoded with surrogateescape, which pydicom's GDCM pixel handler also relies on.
-    return [
-        fragments.GetFragment(i).GetByteValue().GetBuffer().encode("utf-8", "surrogateescape")
-        for i in range(fragments.GetNumberOfFragments())
-    ]
 
 
-def _gdcm_round_at(mant: str, i: int, iexp: int) -> tuple[str, bool]:
-    """GDCM's roundat(): cut the digit string at ``i``, rounding half up; on overflow a special string."""
-    if i >= len(mant):
-        return mant, False
-    c, digits = mant[i], list(mant[:i])
-    if c < "5":
-        return "".join(digits), False
-    n = i - 1
-    while n >= 0 and digits[n] == "9":
-        digits[n] = "0"
-        n -= 1
-    if n >= 0:
-        digits[n] = chr(ord(digits[n]) + 1)
-        return "".join(digits), False
-    iexp += 1
-    special = {-2: ".01", -1: ".1", 0: "1.", 1: "10", 2: "100"}
-    return special.get(iexp, f"1e{iexp}"), True
 
 
-def _gdcm_clean(buf: str) -> str:
-    """GDCM's clean(): strip trailing zeros (keeping the first character), then a trailing point."""
-    end = len(buf)
-    while end > 1 and buf[end - 1] == "0":
-        end -= 1
-    if buf[end - 1] == ".":
-        end -= 1
-    return buf[:end]
 
 
-def _gdcm_ds(value: str | float, size: int = 16) -> str:
-    """A DS value the way GDCM's writer re-encodes it (a port of ``x16printf`` in gdcmElement.h, 3.2.x).
-
-    GDCM's ImageWriter rewrites RescaleIntercept/Slope, PixelSpacing, ImageOrientationPatient and
-    ImagePositionPatient from their numbers: at most 16 characters, no trailing zeros, no leading
-    zero (``0.5`` -> ``.5``). The JPEG lossless files keep that spelling byte for byte.
-    """
-    f = float(value)
-    sign = ""
-    if f < 0:
-        f, size, sign = -f, size - 1, "-"
-    line = f"{f:1.16e}"
-    if line[0] == "-":  # -0.0
-        f, size, sign = -f, size - 1, "-"
-        line = f"{f:1.16e}"
-    e = line.index("e")
-    mant, iexp = line[0] + line[2:e], int(line[e + 1 :])
-    lexp = len(f"e{iexp}")
-    if iexp >= size or iexp < -3:
-        mant, over = _gdcm_round_at(mant, size - 1 - lexp, iexp)
-        if over:
-            return sign + mant
-        return sign + _gdcm_clean(mant[0] + "." + mant[1 : size - 1 - lexp]) + f"e{iexp}"
-    if iexp >= size - 2:
-        return sign + _gdcm_round_at(mant, iexp + 1, iexp)[0]
-    if iexp >= 0:
-        mant, over = _gdcm_round_at(mant, size - 1, iexp)
-        if over:
-            return sign + mant
-        return sign + _gdcm_clean((mant[: iexp + 1] + "." + mant[iexp + 1 :])[:size])
-    mant, over = _gdcm_round_at(mant, size + 1 + iexp, iexp)
-    if over:
-        return sign + mant
-    return sign + _gdcm_clean(("." + "0" * (-1 - iexp) + mant)[:size])
 
 
 def _verify(tmp: Path, stored: np.ndarray, syntax: str, path: Path) -> None:
@@ -591,7 +482,7 @@ def _write_slice_pydicom(ds: Dataset, stored: np.ndarray, syntax: str, path: Pat
             os.close(fd)
             try:
                 ds.save_as(raw_name, enforce_file_format=True)
-                _gdcm_jpeg_lossless(Path(raw_name), tmp)
+                gdcm_codec.encode_jpeg_lossless_file(Path(raw_name), tmp)
             finally:
                 os.unlink(raw_name)
         else:
