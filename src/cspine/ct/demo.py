@@ -40,14 +40,14 @@ class DemoConfig:
         "backbone": "tu-mobilenetv3_small_050", "z_spacing": 4.0, "in_slices": 5,
         "decoder_channels": (32, 32, 16, 16, 16), "lr": 3e-3, "batch_size": 8})
     cls_epochs: int = 6
-    # Measured (synthetic, ad-hoc runs: 200 training / 100 held-out phantoms, stage 2 alone, 12 epochs): a
-    # sharp true mask traces the fracture (gap, fragment), and a stage 2 trained with it as the mask channel
-    # read fractures from the mask: vertebra AUC 0.88 on true-mask crops, 0.55 on stage-1 crops (0.60 with
-    # true crop geometry and the stage-1 mask channel, 0.79 the other way round). Hence the blurred mask
-    # channel (ClsConfig.mask_blur) and a jittered crop per training vertebra; `bench/stage2_masks.py
-    # --mask-blur 0` reproduces the leak. Without any mask channel the model cannot tell its vertebra from
-    # the neighbours (0.68). 10 epochs instead of 6 gave the demo nothing measurable (patient AUC 0.55 vs
-    # 0.52, vertebra 0.57 vs 0.64 on its 60 test studies) and would not fit the 10 minutes.
+    # Measured (synthetic; `bench/stage2_masks.py --train 200 --test 100 --epochs 12 --seg RUN
+    # [--mask-blur 0]`, stage 2 alone trained on true masks): a sharp true mask traces the fracture
+    # (gap, fragment) and the model read fractures from the mask channel: vertebra AUC 0.84 on true-mask
+    # crops, 0.63 on stage-1 crops, 0.66 with true crop geometry but the stage-1 mask channel. With the
+    # blurred channel (ClsConfig.mask_blur): 0.74 and 0.65, what the CNN learns from the CT itself.
+    # Ad-hoc runs: without a mask channel the model cannot tell its vertebra from the neighbours (0.68);
+    # the jittered crops gave no measurable gain; 10 epochs instead of 6 gave the demo nothing measurable
+    # (patient AUC 0.55 vs 0.52) and would not fit the 10 minutes.
     cls_overrides: dict[str, Any] = field(default_factory=lambda: {
         "backbone": "test_resnet", "n_slices": 12, "image_size": 48, "gru_hidden": 32, "attn_dim": 32,
         "lr": 3e-3, "aux_weight": 10.0, "pixel_head": True, "crop_variants": 1, "crop_jitter": 0.15})

@@ -30,9 +30,9 @@ class ClsConfig:
         mask_blur: Gaussian sigma of that mask channel, as a share of the crop's side. The channel
             should say *where* the vertebra is, not trace its outline: a true mask follows the fracture
             (its gap, a displaced fragment, a wedge), a stage-1 mask does not, so a model trained on
-            sharp true masks reads fractures from the mask and fails on stage-1 masks (measured on the
-            phantom: vertebra AUC 0.88 with true masks, 0.60 with the same crops but stage-1 mask
-            channels). 0 keeps the sharp mask.
+            sharp true masks reads fractures from the mask and fails on stage-1 masks (phantom,
+            ``bench/stage2_masks.py --mask-blur 0``: vertebra AUC 0.84 with true masks, 0.66 with the
+            same crops but stage-1 mask channels). 0 keeps the sharp mask.
         image_size: in-plane size of a crop slice in pixels.
         gru_hidden: hidden size of each GRU direction.
         attn_dim: hidden size of the attention MLP.
