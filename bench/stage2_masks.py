@@ -55,18 +55,19 @@ MODES = {"true masks": ("true", "true"), "stage-1 masks": ("stage1", "stage1"),
          "stage-1 geometry, true mask channel": ("stage1", "true")}
 
 
-def score(studies: list, model, seg_model=None, mode: str = "true masks") -> dict[str, float]:  # noqa: ANN001
+def score(studies: list, model, stage1: list | None = None,  # noqa: ANN001
+          mode: str = "true masks") -> dict[str, float]:
+    """AUCs of ``model`` on ``studies``; ``stage1``: each study's stage-1 segmentation (made once)."""
     from sklearn.metrics import roc_auc_score
 
     from cspine.ct.cls.predict import classify
     from cspine.ct.seg.postprocess import Segmentation
-    from cspine.ct.seg.predict import segment
     from cspine.labels import VERTEBRAE
 
     geometry, channel = MODES[mode]
     p, y, pv, yv = [], [], [], []
-    for s in studies:
-        found = segment(s.volume, seg_model) if seg_model is not None else s.seg
+    for i, s in enumerate(studies):
+        found = stage1[i] if stage1 is not None else s.seg
         seg = Segmentation((found if channel == "stage1" else s.seg).labels,
                            (found if geometry == "stage1" else s.seg).vertebrae)
         r = classify(s.volume, seg, model)
@@ -97,7 +98,7 @@ def main() -> None:
     from cspine.ct.cls.train import ClsTrainConfig, train_classifier
     from cspine.ct.demo import DemoConfig
     from cspine.ct.presets import cls_train_config
-    from cspine.ct.seg.predict import SegModel
+    from cspine.ct.seg.predict import SegModel, segment
     from cspine.runtime import cpu_threads
 
     torch.set_num_threads(args.threads or cpu_threads())
@@ -116,9 +117,10 @@ def main() -> None:
         rows = [["true masks", *(f"{v:.3f}" for v in score(test, model).values())]]
         if args.seg is not None:
             seg_model = SegModel.load(args.seg)
+            stage1 = [segment(s.volume, seg_model) for s in tqdm(test, desc="stage 1 on test phantoms")]
             for mode in list(MODES)[1:]:
                 rows.append([f"{mode} ({args.seg})",
-                             *(f"{v:.3f}" for v in score(test, model, seg_model, mode).values())])
+                             *(f"{v:.3f}" for v in score(test, model, stage1, mode).values())])
     table = markdown_table(["test masks", "patient AUC (synthetic)", "vertebra AUC (synthetic)"], rows)
     blur = f" --mask-blur {args.mask_blur:g}" if args.mask_blur is not None else ""
     notes = (f"`bench/stage2_masks.py --train {args.train} --test {args.test} --size {args.size} "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cspine.ct.cls.dataset import ClsStudy, CropDataset, samples_from_study
+from cspine.ct.cls.dataset import ClsStudy, CropDataset, build_samples, samples_from_study
 from cspine.ct.cls.predict import ClsModel, classify
 from cspine.ct.cls.train import ClsTrainConfig, split_patients, train_classifier, weighted_bce_loss
 from cspine.ct.seg.predict import Segmentation
@@ -73,6 +73,16 @@ def test_a_few_steps_lower_the_loss() -> None:
     with torch.no_grad():
         after = float(weighted_bce_loss(model(x), y, sy, 1.0))
     assert after < 0.7 * before
+
+
+def test_jittered_variants_only_with_jitter() -> None:
+    study = toy_study(0)
+    plain = list(build_samples([study], MODEL, variants=2, jitter=0.0))
+    assert len(plain) == 7 and {s.variant for s in plain} == {0}  # no identical repeats
+    both = list(build_samples([study], MODEL, variants=2, jitter=0.3, seed=1))
+    assert [s.variant for s in both] == [0] * 7 + [1] * 7
+    pairs = zip(both[:7], both[7:], strict=True)
+    assert any(not np.array_equal(a.slice_indices, b.slice_indices) for a, b in pairs)
 
 
 @pytest.fixture(scope="module")

@@ -147,10 +147,12 @@ def samples_from_study(study: ClsStudy, cfg: ClsConfig, *, variant: int = 0, jit
 def build_samples(studies: Iterable[ClsStudy], cfg: ClsConfig, *, variants: int = 1, jitter: float = 0.0,
                   seed: int = 0) -> Iterator[CropSample]:
     """Crop studies one at a time (a study's volume can be dropped once its crops are made):
-    ``variants`` crops per vertebra, the first as the mask gives it, the others jittered."""
+    ``variants`` crops per vertebra, the first as the mask gives it, the others jittered (none without
+    ``jitter``: they would repeat the first)."""
     rng = np.random.default_rng(seed)
+    n = max(1, variants) if jitter > 0 else 1
     for study in studies:
-        for v in range(max(1, variants)):
+        for v in range(n):
             yield from samples_from_study(study, cfg, variant=v, jitter=jitter, rng=rng)
 
 
