@@ -265,7 +265,10 @@ def quality(args: argparse.Namespace) -> None:
         seconds["baseline: predict test studies"] = round(time.perf_counter() - t, 1)
     base_m = evaluate(pred_csv, data / TEST_LABELS_CSV, eval_dir, data_root=data)
     base_val = read_json(model_dir / "config.json")["extra"].get("val_uids")
-    steps = {"two-stage": _steps(ccfg, read_json(work / "run" / "cls" / "metrics.json").get("n_train_crops")),
+    # An epoch draws as many crops as there are training vertebrae; jittered variants only widen the pool.
+    variants = 1 + ccfg.crop_variants if ccfg.crop_jitter > 0 else 1
+    n_crops = read_json(work / "run" / "cls" / "metrics.json").get("n_train_crops")
+    steps = {"two-stage": _steps(ccfg, n_crops // variants if n_crops else None),
              "baseline": _steps(bcfg, read_json(model_dir / "metrics.json").get("n_train_studies"))}
     record.update({"seconds": seconds, "demo_config": dataclasses.asdict(cfg),
                    "baseline_config": dataclasses.asdict(bcfg), "note": "synthetic data (cspine phantom)"})
@@ -301,8 +304,8 @@ def quality(args: argparse.Namespace) -> None:
              f"{ccfg.model.n_slices} slices per vertebra); baseline: the same backbone, image size, k, "
              f"lr and seed, {bcfg.epochs} epochs, {mc.n_slices} slices over the whole scan, whole field of "
              f"view, no mask; optimizer steps (batch {ccfg.batch_size}): stage 2 {steps['two-stage']} "
-             f"(an epoch draws as many crops as there are, 7 per study), baseline {steps['baseline']} (as "
-             "many studies as there are); "
+             "(an epoch draws as many crops as there are vertebrae, 7 per study), "
+             f"baseline {steps['baseline']} (as many studies as there are); "
              f"validation split {same_split}; both calibrated on it (temperature + bias, noisy-OR patient). "
              f"Seconds (CPU, {torch.get_num_threads()} torch threads, shared machine): {spent}.")
     print(machine_line())

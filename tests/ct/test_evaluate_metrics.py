@@ -104,6 +104,7 @@ def test_evaluate_hand_checked(tmp_path):
     assert on_disk["patient_auc"] == pytest.approx(7 / 9)
     report = (out / "report.md").read_text()
     assert "0.778" in report and "![roc](roc.png)" in report
+    assert f"alone gives {m['vertebra_auc_pooled_level_prior']:.3f}" in report
 
 
 def test_evaluate_without_boxes_reports_null(tmp_path):
@@ -130,3 +131,31 @@ def test_evaluate_bad_inputs(tmp_path):
     with pytest.raises(DatasetError, match=r"outside \[0, 1\]"):
         evaluate(other, labels_csv, tmp_path / "e")
     assert not (tmp_path / "e" / "metrics.json").exists()  # nothing half-written after an error
+
+
+def test_level_prior_reference():
+    """The pooled vertebra AUC of knowing only each level's training prevalence, hand-worked."""
+    from cspine.ct.evaluate import compute_metrics
+
+    labels = pd.DataFrame([[0, 0, 0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0, 0, 1]], index=["A", "B"],
+                          columns=COLS)
+    pred = pd.DataFrame([[0.5] * 8, [0.5] * 8], index=["A", "B"], columns=COLS)
+    prior = {**{c: 0.05 for c in COLS[:6]}, "C7": 0.2, "patient_overall": 0.5}
+    m = compute_metrics(pred, labels, train_prevalence=prior)
+    # scores: every C7 0.2, every other level 0.05. Positive A-C7 beats 11 negatives and ties B-C7;
+    # positive B-C1 ties 11 negatives at 0.05 and loses to B-C7: (11.5 + 5.5) / 24.
+    assert m["vertebra_auc_pooled_level_prior"] == pytest.approx(17 / 24)
+    assert m["vertebra_auc_pooled"] == pytest.approx(0.5)
+    assert m["beats_level_prior"] is False
+    # without training prevalences the evaluated labels' own are used: C1 and C7 at 1/2, the rest 0;
+    # each positive beats the 10 zeros and ties the other two at 1/2: (11 + 11) / 24
+    m_in = compute_metrics(pred, labels)
+    assert m_in["vertebra_auc_pooled_level_prior"] == pytest.approx(22 / 24)
+    # scores that see the fracture: every fractured vertebra above every intact one
+    seen = pd.DataFrame([[0.1] * 6 + [0.9, 0.9], [0.9] + [0.1] * 6 + [0.9]], index=["A", "B"], columns=COLS)
+    m_seen = compute_metrics(seen, labels, train_prevalence=prior)
+    assert m_seen["vertebra_auc_pooled"] == 1.0 and m_seen["beats_level_prior"] is True
+    from cspine.reports.ct_report import render_report
+
+    warning = "not above the level prior"
+    assert warning in render_report(m) and warning not in render_report(m_seen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cspine.labels import RSNA_FRACTURE_COUNTS, VERTEBRAE
+from cspine.labels import LABEL_OF, RSNA_FRACTURE_COUNTS, VERTEBRAE
 from cspine.synth import fractures as fx
 from cspine.synth.phantom import make_phantom
 
@@ -121,3 +121,46 @@ def test_a_displaced_fragment_never_sinks_into_the_other_one(sign: float) -> Non
     outside = broken(zeros, zeros, x) > 0  # along a line crossing the plane inside the block
     width = outside.sum() * (x[1] - x[0])
     assert width >= gap + 2.0 - 0.05  # the gap plus the 2 mm the fragment moved away
+
+
+def _slab(z, y, x):  # a 20 mm bone block centred on the origin
+    return np.maximum(np.maximum(np.abs(z), np.abs(y)), np.abs(x)) - 10.0
+
+
+def test_fracture_margins_are_not_corticated() -> None:
+    """An acute break exposes cancellous bone: beside the fracture plane the bone is deep inside its
+    cortex distance (no new rim), while the outer surface keeps its cortex and moves with the fragment."""
+    f = fx.Fracture("C4", "line", "body", point=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0), gap=1.0,
+                    shift=(0.0, 0.0, 2.0))
+    broken = fx.apply(_slab, f, {})
+    cortex = fx.cortex_of(broken)
+    z = np.zeros(1, np.float32)
+    beside_gap = np.array([-0.7, 2.7], np.float32)  # just inside each fragment's fracture face
+    assert np.all(np.abs(broken(z, z, beside_gap)) < 0.3)  # the bone ends there...
+    assert np.all(cortex(z, z, beside_gap) < -5.0)  # ...but no cortex: that is cancellous bone
+    # the moved fragment's outer face (x = 10 + 2) carries the cortex, the old face position does not
+    assert abs(float(cortex(z, z, np.array([12.0], np.float32))[0])) < 1e-4
+    assert float(cortex(z, z, np.array([10.0], np.float32))[0]) < -1.0
+    # an undisplaced crack leaves the cortex where it was; unfractured groups keep their own distance
+    crack = fx.apply(_slab, fx.Fracture("C4", "line", "body", normal=(0.0, 0.0, 1.0), gap=0.5), {})
+    pts = np.linspace(-12, 12, 97, dtype=np.float32)
+    np.testing.assert_array_equal(fx.cortex_of(crack)(z, z, pts), _slab(z, z, pts))
+    assert fx.cortex_of(_slab) is _slab
+
+
+def test_rendered_fracture_shows_a_cortical_break() -> None:
+    """In a rendered phantom the bone along a line fracture's gap is cancellous: darker than the median
+    of the intact vertebra's bone (the old rendering wrapped each fragment in a new bright cortex, and
+    these margins were brighter than that median)."""
+    from scipy import ndimage
+
+    p = make_phantom(20, size=96, noise=False)
+    q = make_phantom(20, size=96, noise=False, fractures=[])
+    lines = [f for f in p.fractures if f.kind == "line"]
+    assert len(lines) == 2
+    for f in lines:
+        lab = LABEL_OF[f.level]
+        gap = ((q.hu.astype(np.int32) - p.hu) > 300) & (q.labels == lab)  # bone the break removed
+        margin = ndimage.binary_dilation(gap) & ~gap & (p.labels == lab)
+        assert margin.sum() > 10, f.level
+        assert p.hu[margin].mean() < np.median(q.hu[q.labels == lab]) - 40, f.level

@@ -35,6 +35,8 @@ def evaluate(
     table.add_column("value", justify="right")
     table.add_row("patient AUC (95% CI)", f"{_f(m['patient_auc'])} ({_f(ci[0])}-{_f(ci[1])})")
     table.add_row("mean vertebra AUC", _f(m["vertebra_auc_mean"]))
+    table.add_row("pooled vertebra AUC / level prior alone",
+                  f"{_f(m['vertebra_auc_pooled'])} / {_f(m['vertebra_auc_pooled_level_prior'])}")
     for key in ("sensitivity", "specificity", "precision", "f1", "accuracy"):
         table.add_row(f"{key} @0.5 / @Youden", f"{_f(m[key]['at_0.5'])} / {_f(m[key]['at_youden'])}")
     table.add_row("localization accuracy", _f(m["localization_accuracy"]["overall"]))
@@ -45,4 +47,7 @@ def evaluate(
     console.print(table)
     if not m["beats_prevalence_baseline"]:
         console.print("[yellow]the model does not beat predicting the training prevalence[/]")
+    if not m["beats_level_prior"]:
+        console.print("[yellow]the pooled vertebra AUC is not above the level prior (which levels break most "
+                      "often)[/]")
     console.print(f"report: {Path(out) / 'report.md'}")

@@ -40,14 +40,10 @@ class DemoConfig:
         "backbone": "tu-mobilenetv3_small_050", "z_spacing": 4.0, "in_slices": 5,
         "decoder_channels": (32, 32, 16, 16, 16), "lr": 3e-3, "batch_size": 8})
     cls_epochs: int = 6
-    # Measured (synthetic; `bench/stage2_masks.py --train 200 --test 100 --epochs 12 --seg RUN
-    # [--mask-blur 0]`, stage 2 alone trained on true masks): a sharp true mask traces the fracture
-    # (gap, fragment) and the model read fractures from the mask channel: vertebra AUC 0.84 on true-mask
-    # crops, 0.63 on stage-1 crops, 0.66 with true crop geometry but the stage-1 mask channel. With the
-    # blurred channel (ClsConfig.mask_blur): 0.74 and 0.65, what the CNN learns from the CT itself.
-    # Ad-hoc runs: without a mask channel the model cannot tell its vertebra from the neighbours (0.68);
-    # the jittered crops gave no measurable gain; 10 epochs instead of 6 gave the demo nothing measurable
-    # (patient AUC 0.55 vs 0.52) and would not fit the 10 minutes.
+    # Measured (synthetic; docs/BENCHMARKS.md): a sharp true mask channel traced the fracture and the model
+    # read fractures from it (hence ClsConfig.mask_blur); 10 epochs instead of 6 gave the held-out set nothing
+    # measurable (patient AUC 0.58 both, pooled vertebra AUC 0.70 vs 0.69) and would not fit the 10 minutes;
+    # the jittered crops gave no measurable gain (ad-hoc).
     cls_overrides: dict[str, Any] = field(default_factory=lambda: {
         "backbone": "test_resnet", "n_slices": 12, "image_size": 48, "gru_hidden": 32, "attn_dim": 32,
         "lr": 3e-3, "aux_weight": 10.0, "pixel_head": True, "crop_variants": 1, "crop_jitter": 0.15})
@@ -171,6 +167,8 @@ def results_table(result: DemoResult) -> Any:
     table.add_row("studies evaluated", fmt(m.get("n_studies")))
     table.add_row("patient AUC (95% CI)", f"{fmt(m.get('patient_auc'))} ({fmt(ci[0])}-{fmt(ci[1])})")
     table.add_row("mean vertebra AUC", fmt(m.get("vertebra_auc_mean")))
+    table.add_row("pooled vertebra AUC / level prior alone",
+                  f"{fmt(m.get('vertebra_auc_pooled'))} / {fmt(m.get('vertebra_auc_pooled_level_prior'))}")
     for key in ("sensitivity", "specificity", "f1"):
         table.add_row(f"patient {key} at 0.5", fmt((m.get(key) or {}).get("at_0.5")))
     table.add_row("RSNA weighted log loss", fmt(m.get("rsna_weighted_log_loss")))

@@ -6,7 +6,11 @@ Definitions (all on the studies present in both files):
 * ``patient_auc`` (+ ``patient_auc_ci95``: seeded percentile bootstrap over studies, 2,000
   resamples) of ``patient_overall``; ``vertebra_auc`` per level C1..C7 and their mean (levels with
   a single class in the labels are ``null`` and left out of the mean), and ``vertebra_auc_pooled``
-  over all 7 x n vertebrae.
+  over all 7 x n vertebrae, with ``vertebra_auc_pooled_level_prior`` beside it: the pooled AUC of
+  scoring every vertebra by its level's training prevalence alone. Fractures are not spread evenly
+  over C1..C7 (C2 and C7 break most often), so a pooled AUC well above 0.5 can come from knowing the
+  level without seeing any fracture; a model shows what it sees only above that reference (the per-level
+  AUCs carry no level information). ``beats_level_prior`` says whether it is above it.
 * ``sensitivity``, ``specificity``, ``precision``, ``f1``, ``accuracy`` of the patient decision
   ``p >= threshold`` as ``{"at_0.5": ..., "at_youden": ...}``; the Youden threshold is chosen on the
   evaluated studies themselves, so its numbers are optimistic (an upper bound) and labelled so.
@@ -146,6 +150,8 @@ def compute_metrics(pred: pd.DataFrame, labels: pd.DataFrame,
     vert_auc = {name: auc(y[:, j], p[:, j]) for j, name in enumerate(VERTEBRAE)}
     defined = [v for v in vert_auc.values() if not math.isnan(v)]
     patient_block = _threshold_block(yp, pp)
+    prior = dict(train_prevalence) if train_prevalence is not None else prevalences(y)
+    level_prior = np.array([prior[v] for v in VERTEBRAE], np.float64)
     keys = ("sensitivity", "specificity", "precision", "f1", "accuracy")
     metrics: dict[str, Any] = {
         "n_studies": len(uids),
@@ -157,6 +163,7 @@ def compute_metrics(pred: pd.DataFrame, labels: pd.DataFrame,
         "vertebra_auc": vert_auc,
         "vertebra_auc_mean": float(np.mean(defined)) if defined else math.nan,
         "vertebra_auc_pooled": auc(y[:, :7].ravel(), p[:, :7].ravel()),
+        "vertebra_auc_pooled_level_prior": auc(y[:, :7].ravel(), np.tile(level_prior, len(uids))),
         **{k: {"at_0.5": patient_block["at_0.5"][k], "at_youden": patient_block["at_youden"].get(k, math.nan)}
            for k in keys},
         "youden_threshold": patient_block["at_youden"]["threshold"],
@@ -170,6 +177,8 @@ def compute_metrics(pred: pd.DataFrame, labels: pd.DataFrame,
     }
     metrics["beats_prevalence_baseline"] = bool(
         metrics["rsna_weighted_log_loss"] < metrics["prevalence_baseline_log_loss"])
+    metrics["beats_level_prior"] = bool(
+        metrics["vertebra_auc_pooled"] > metrics["vertebra_auc_pooled_level_prior"])
     return metrics
 
 

@@ -69,6 +69,15 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str] | None = 
         + f" | {_f(m.get('vertebra_auc_mean'))} |",
         "| found at 0.5 | " + " | ".join(_f(per_level.get(v)) for v in VERTEBRAE) + " | |",
         "",
+        f"Pooled over all vertebrae: AUC {_f(m.get('vertebra_auc_pooled'))}; scoring each vertebra by its "
+        f"level's training prevalence alone gives {_f(m.get('vertebra_auc_pooled_level_prior'))} (fractures "
+        "cluster at some levels), the reference a model must beat to show it sees fractures.",
+        "",
+    ]
+    if not m.get("beats_level_prior", True):
+        lines += ["**Warning:** the pooled vertebra AUC is not above the level prior: these scores show no "
+                  "more than which levels break most often.", ""]
+    lines += [
         f"Localization accuracy (fractured patients whose fractured levels are all found at 0.5): "
         f"{_f(loc.get('overall'))} of {loc.get('n_fractured_patients', 0)}.",
     ]

@@ -7,6 +7,15 @@ C1) by rewriting that group's signed distance function:
   plane's positive side moves by ``shift`` mm (0 for an undisplaced, subtle fracture).
 * ``wedge``: the body loses ``wedge`` of its height anteriorly (compression), the posterior wall stays.
 
+An acute fracture's margins are not corticated: the break exposes cancellous bone and interrupts the
+cortex (the cortical break and step-off a radiologist looks for), whereas a smooth cortical rim around
+a fragment is the sign of an old injury, an ossicle or a normal variant (os odontoideum against a dens
+fracture). So a ``line`` fracture changes where the bone is but not where its cortex lies: the cortex
+follows the intact surface of each fragment (moved with it), never the fracture plane.
+:func:`apply` returns a :class:`FracturedSdf` whose ``cortex`` gives that distance; the renderer
+(:mod:`cspine.synth.phantom`) draws the cortical shell from it. A ``wedge`` deforms the whole body,
+endplate included, so its cortex follows the deformed surface.
+
 Everything is in the vertebra's local frame (see :mod:`cspine.synth.anatomy`).
 """
 
@@ -47,24 +56,47 @@ class Fracture:
     site: str = ""
 
 
+class FracturedSdf:
+    """A group's signed distance after a fracture (calling it), and the distance its cortex follows.
+
+    ``cortex(z, y, x)`` is the signed distance to the group's surface *before* the break, taken in the
+    frame of the fragment the point belongs to: the cortical shell stays on the outer surface and is
+    interrupted at the fracture, instead of wrapping each fragment in a new cortex.
+    """
+
+    def __init__(self, occupancy: SdfFn, cortex: SdfFn) -> None:
+        self.occupancy = occupancy
+        self.cortex = cortex
+
+    def __call__(self, z: Arr, y: Arr, x: Arr) -> Arr:
+        return self.occupancy(z, y, x)
+
+
+def cortex_of(fn: SdfFn) -> SdfFn:
+    """The distance the cortex of group ``fn`` follows: its own, unless a fracture says otherwise."""
+    return fn.cortex if isinstance(fn, FracturedSdf) else fn
+
+
 def _unit(v: np.ndarray) -> tuple[float, float, float]:
     v = np.asarray(v, dtype=np.float64)
     return tuple(float(a) for a in v / np.linalg.norm(v))  # type: ignore[return-value]
 
 
 def apply(fn: SdfFn, fracture: Fracture, dims: dict[str, float]) -> SdfFn:
-    """The signed distance function of a group after ``fracture``."""
+    """The signed distance function of a group after ``fracture``: a :class:`FracturedSdf` whose cortex
+    ignores a line fracture's plane and follows a wedge's deformation (see the module docstring)."""
     f32 = np.float32
+    cortex = cortex_of(fn)
     if fracture.kind == "wedge":
         bh, bd, w = dims["bh"], dims["bd"], fracture.wedge
 
-        def wedged(z: Arr, y: Arr, x: Arr) -> Arr:
+        def warp(z: Arr, y: Arr) -> Arr:
             # Height kept: 1 at the posterior wall, 1 - w at the anterior wall (superior endplate sinks).
             keep = f32(1.0) - f32(w) * clip01((f32(bd * 0.8) - y) * f32(1.0 / (1.8 * bd)))
-            zw = f32(bh) - (f32(bh) - z) / keep
-            return fn(zw, y, x)
+            return f32(bh) - (f32(bh) - z) / keep
 
-        return wedged
+        # The whole body deforms, endplate included: its cortex follows the deformed surface.
+        return FracturedSdf(lambda z, y, x: fn(warp(z, y), y, x), lambda z, y, x: cortex(warp(z, y), y, x))
 
     pz, py, px = (f32(v) for v in fracture.point)
     normal = np.asarray(fracture.normal, np.float64)
@@ -89,7 +121,14 @@ def apply(fn: SdfFn, fracture: Fracture, dims: dict[str, float]) -> SdfFn:
         fragment = np.maximum(fn(zm, ym, xm), half_gap - side_m)
         return np.minimum(staying, fragment)
 
-    return broken
+    def broken_cortex(z: Arr, y: Arr, x: Arr) -> Arr:
+        if not moved:
+            return cortex(z, y, x)
+        zm, ym, xm = z - sz, y - sy, x - sx
+        on_fragment = (zm - pz) * nz + (ym - py) * ny + (xm - px) * nx > 0
+        return np.where(on_fragment, cortex(zm, ym, xm), cortex(z, y, x))
+
+    return FracturedSdf(broken, broken_cortex)
 
 
 def fractured_groups(shape: VertebraShape, fractures: list[Fracture]) -> dict[str, SdfFn]:

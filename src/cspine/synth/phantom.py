@@ -463,7 +463,8 @@ def _paint(st: _Study, img: Arr, labels: Arr | None, r: Region) -> None:
         if sub is None:
             continue
         lz, ly, lx = _local_coords(item, sub, st.spacing)
-        d = sdf.union(*(fn(lz, ly, lx) for fn in item.groups.values()))
+        fns = list(item.groups.values())
+        d = sdf.union(*(fn(lz, ly, lx) for fn in fns))
         occ = _clip01(f32(0.5) - d / aa)
         view = img[
             sub[0] - r[0] : sub[1] - r[0], sub[2] - r[2] : sub[3] - r[2], sub[4] - r[4] : sub[5] - r[4]
@@ -477,7 +478,12 @@ def _paint(st: _Study, img: Arr, labels: Arr | None, r: Region) -> None:
                 )
             ]
             canc = f32(b["cancellous"]) + f32(b["texture"]) * tex
-            wc = _clip01((d + f32(b["cortex_mm"])) / aa + f32(0.5))
+            # The cortical shell follows each group's intact surface: a fracture's margins stay
+            # cancellous (see cspine.synth.fractures); without a fracture d_cortex is d.
+            d_cortex = d
+            if any(isinstance(fn, fx.FracturedSdf) for fn in fns):
+                d_cortex = sdf.union(*(fx.cortex_of(fn)(lz, ly, lx) for fn in fns))
+            wc = _clip01((d_cortex + f32(b["cortex_mm"])) / aa + f32(0.5))
             value = canc + (f32(b["cortex"]) - canc) * wc
         else:
             value = f32(item.value)
