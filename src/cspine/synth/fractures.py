@@ -83,8 +83,9 @@ def _unit(v: np.ndarray) -> tuple[float, float, float]:
 
 
 def apply(fn: SdfFn, fracture: Fracture, dims: dict[str, float]) -> SdfFn:
-    """The signed distance function of a group after ``fracture``: a :class:`FracturedSdf` whose cortex
-    ignores a line fracture's plane and follows a wedge's deformation (see the module docstring)."""
+    """The signed distance function of a group after ``fracture``: for a line fracture a
+    :class:`FracturedSdf` whose cortex ignores the fracture plane; a wedge deforms the cortex with the
+    bone (see the module docstring)."""
     f32 = np.float32
     cortex = cortex_of(fn)
     if fracture.kind == "wedge":
@@ -95,8 +96,14 @@ def apply(fn: SdfFn, fracture: Fracture, dims: dict[str, float]) -> SdfFn:
             keep = f32(1.0) - f32(w) * clip01((f32(bd * 0.8) - y) * f32(1.0 / (1.8 * bd)))
             return f32(bh) - (f32(bh) - z) / keep
 
-        # The whole body deforms, endplate included: its cortex follows the deformed surface.
-        return FracturedSdf(lambda z, y, x: fn(warp(z, y), y, x), lambda z, y, x: cortex(warp(z, y), y, x))
+        def wedged(z: Arr, y: Arr, x: Arr) -> Arr:
+            return fn(warp(z, y), y, x)
+
+        # The whole body deforms, endplate included: its cortex follows the deformed surface (the plain
+        # function when no earlier fracture moved the cortex away from the surface).
+        if cortex is fn:
+            return wedged
+        return FracturedSdf(wedged, lambda z, y, x: cortex(warp(z, y), y, x))
 
     pz, py, px = (f32(v) for v in fracture.point)
     normal = np.asarray(fracture.normal, np.float64)

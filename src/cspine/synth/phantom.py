@@ -464,7 +464,8 @@ def _paint(st: _Study, img: Arr, labels: Arr | None, r: Region) -> None:
             continue
         lz, ly, lx = _local_coords(item, sub, st.spacing)
         fns = list(item.groups.values())
-        d = sdf.union(*(fn(lz, ly, lx) for fn in fns))
+        ds = [fn(lz, ly, lx) for fn in fns]
+        d = sdf.union(*ds)
         occ = _clip01(f32(0.5) - d / aa)
         view = img[
             sub[0] - r[0] : sub[1] - r[0], sub[2] - r[2] : sub[3] - r[2], sub[4] - r[4] : sub[5] - r[4]
@@ -482,7 +483,8 @@ def _paint(st: _Study, img: Arr, labels: Arr | None, r: Region) -> None:
             # cancellous (see cspine.synth.fractures); without a fracture d_cortex is d.
             d_cortex = d
             if any(isinstance(fn, fx.FracturedSdf) for fn in fns):
-                d_cortex = sdf.union(*(fx.cortex_of(fn)(lz, ly, lx) for fn in fns))
+                d_cortex = sdf.union(*(fn.cortex(lz, ly, lx) if isinstance(fn, fx.FracturedSdf) else di
+                                       for fn, di in zip(fns, ds, strict=True)))
             wc = _clip01((d_cortex + f32(b["cortex_mm"])) / aa + f32(0.5))
             value = canc + (f32(b["cortex"]) - canc) * wc
         else:
