@@ -34,6 +34,9 @@ BOXES_CSV: Final = "train_bounding_boxes.csv"
 TEST_CSV: Final = "test.csv"
 SAMPLE_SUBMISSION_CSV: Final = "sample_submission.csv"
 TEST_LABELS_CSV: Final = "test_labels.csv"
+#: The phantom's held-out fracture boxes (RSNA publishes none for its test set): ``evaluate --data``
+#: uses them for attention alignment.
+TEST_BOXES_CSV: Final = "test_bounding_boxes.csv"
 TRAIN_IMAGES: Final = "train_images"
 TEST_IMAGES: Final = "test_images"
 SEGMENTATIONS: Final = "segmentations"

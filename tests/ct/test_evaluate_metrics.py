@@ -45,10 +45,11 @@ def test_evaluate_hand_checked(tmp_path):
     pred_csv, labels_csv = _write(tmp_path, with_missing=True)
     root = tmp_path / "root"
     root.mkdir()
-    # Boxes on S1's slices 10 and 11 (InstanceNumbers).
-    pd.DataFrame({"StudyInstanceUID": ["S1", "S1"], "x": [1, 1], "y": [1, 1], "width": [5, 5],
-                  "height": [5, 5], "slice_number": [10, 11]}).to_csv(root / "train_bounding_boxes.csv",
-                                                                     index=False)
+    # Boxes on S1's slices 10 and 11 (InstanceNumbers), one in each box file evaluate reads (RSNA's
+    # training boxes and the phantom's held-out ones).
+    for name, slice_number in (("train_bounding_boxes.csv", 10), ("test_bounding_boxes.csv", 11)):
+        pd.DataFrame({"StudyInstanceUID": ["S1"], "x": [1], "y": [1], "width": [5], "height": [5],
+                      "slice_number": [slice_number]}).to_csv(root / name, index=False)
     (tmp_path / "S1.json").write_text(json.dumps({"vertebrae": {
         "C1": {"attention": {"weights": [0.5, 0.3, 0.2], "instance_numbers": [9, 10, 11]}},
         "C2": {"attention": {"weights": [0.25, 0.25, 0.5], "instance_numbers": [20, 21, 22]}},

@@ -18,6 +18,7 @@ from cspine.labels import (
     SEGMENTATIONS,
     STUDY_UID,
     TARGETS,
+    TEST_BOXES_CSV,
     TEST_COLUMNS,
     TEST_CSV,
     TEST_IMAGES,
@@ -64,6 +65,9 @@ def test_layout_and_csvs(root: Path) -> None:
     boxes = _read(root, BOXES_CSV)
     assert list(boxes.columns) == list(BOX_COLUMNS)
     assert set(boxes[STUDY_UID]) == set(train.loc[train["patient_overall"] == 1, STUDY_UID])
+    test_boxes = _read(root, TEST_BOXES_CSV)  # the held-out split's boxes, kept apart from training's
+    assert list(test_boxes.columns) == list(BOX_COLUMNS)
+    assert set(test_boxes[STUDY_UID]) == set(test_labels.loc[test_labels["patient_overall"] == 1, STUDY_UID])
     segs = sorted(p.name for p in (root / SEGMENTATIONS).glob("*.nii"))
     assert segs and all(s[:-4] in set(train[STUDY_UID]) for s in segs)
 

@@ -23,7 +23,7 @@ Definitions (all on the studies present in both files):
 * ``attention_alignment``: over fractured vertebrae whose stage-2 crop covers at least one slice
   carrying a fracture box, the mean share of the vertebra's attention on such slices; beside it
   ``attention_alignment_chance``, the share uniform attention would put there. Needs the boxes
-  (``ROOT/train_bounding_boxes.csv``; for test studies the phantom may write
+  (``ROOT/train_bounding_boxes.csv``; for its test studies the phantom writes
   ``test_bounding_boxes.csv``) and the ``<UID>.json`` files that ``predict`` writes beside
   predictions.csv; ``null`` where there are none.
 """
@@ -41,7 +41,7 @@ import pandas as pd
 
 from cspine.errors import DatasetError
 from cspine.fileio import read_json, write_json
-from cspine.labels import BOXES_CSV, PATIENT_OVERALL, STUDY_UID, TARGETS, TRAIN_CSV, VERTEBRAE
+from cspine.labels import BOXES_CSV, PATIENT_OVERALL, STUDY_UID, TARGETS, TEST_BOXES_CSV, TRAIN_CSV, VERTEBRAE
 from cspine.metrics.binary import auc, bootstrap_ci, threshold_metrics, youden_threshold
 from cspine.metrics.rsna import prevalence_baseline_loss, prevalences, rsna_weighted_log_loss
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["attention_alignment", "compute_metrics", "evaluate", "read_predictions", "read_labels"]
 
 #: Box files looked for in ``--data ROOT`` (train boxes, and test boxes where a phantom wrote them).
-BOX_FILES = (BOXES_CSV, "test_bounding_boxes.csv")
+BOX_FILES = (BOXES_CSV, TEST_BOXES_CSV)
 N_BOOT = 2000
 
 

@@ -10,6 +10,7 @@ Layout (names from :mod:`cspine.labels`)::
     OUT/test.csv                   row_id (<UID>_<C1..C7|patient_overall>), StudyInstanceUID, prediction_type
     OUT/sample_submission.csv      row_id, fractured
     OUT/test_labels.csv            the test studies' labels (train.csv columns)
+    OUT/test_bounding_boxes.csv    the test studies' fracture boxes (train_bounding_boxes.csv columns)
     OUT/.synth/<UID>.json          per-study record: written last, so a study with one is complete
 
 Boxes are in the stored DICOM pixel grid (columns mirrored for feet-first series), as RSNA's are.
@@ -36,6 +37,7 @@ from cspine.labels import (
     SEGMENTATIONS,
     STUDY_UID,
     TARGETS,
+    TEST_BOXES_CSV,
     TEST_CSV,
     TEST_IMAGES,
     TEST_LABELS_CSV,
@@ -200,8 +202,9 @@ def generate_ct_dataset(
         return pd.DataFrame(rows, columns=list(TRAIN_COLUMNS))
 
     _write_csv(out / TRAIN_CSV, labels_table("train"))
-    boxes = [b for r in records if r["split"] == "train" for b in r["boxes"]]
-    _write_csv(out / BOXES_CSV, pd.DataFrame(boxes, columns=list(BOX_COLUMNS)))
+    for split, name in (("train", BOXES_CSV), ("test", TEST_BOXES_CSV)):
+        boxes = [b for r in records if r["split"] == split for b in r["boxes"]]
+        _write_csv(out / name, pd.DataFrame(boxes, columns=list(BOX_COLUMNS)))
     test_uids = [r["uid"] for r in records if r["split"] == "test"]
     test_rows = [
         {"row_id": f"{u}_{t}", STUDY_UID: u, "prediction_type": t} for u in test_uids for t in TARGETS
