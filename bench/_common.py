@@ -75,6 +75,17 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(runs), runs
 
 
+def publish(title: str, table_md: str, notes: str = "", append: bool = True) -> None:
+    """Print the machine line, the table and the notes, and (unless ``append`` is false, i.e. the script's
+    ``--no-append``) append them as a dated section to docs/BENCHMARKS.md."""
+    print(machine_line())
+    print(table_md)
+    if notes:
+        print(notes)
+    if append:
+        print(f"appended to {append_benchmark(title, table_md, notes)}")
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -175,7 +175,7 @@ def main() -> None:
     if args._child:
         print(json.dumps(run_reader(args._child[0], args._child[1], args.repeats, workers)))
         return
-    from _common import append_benchmark, machine_line, markdown_table
+    from _common import markdown_table, publish
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cspine-bench-") as tmp:
@@ -219,10 +219,7 @@ def main() -> None:
         "(shared pages appear in both). The machine was shared with other jobs during the run (1-minute "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
         f"{len(os.sched_getaffinity(0))} cores), so absolute numbers are noisy and ratios matter more.")
-    print(notes)
-    if not args.no_append:
-        print(f"appended to {append_benchmark('DICOM decode: 300-slice JPEG-lossless study', table, notes)}")
-        print(machine_line())
+    publish("DICOM decode: 300-slice JPEG-lossless study", table, notes, not args.no_append)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_benchmark, markdown_table  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 
 LEVELS = 7
 PREVALENCE = 0.48
@@ -53,10 +53,7 @@ def main() -> None:
     notes = (f"`bench/patient_auc_model.py --patients {args.patients}`: simulated scores, no network and no "
              "image (see the script's docstring for the model). A patient AUC of 0.85 needs a vertebra AUC "
              "of about 0.92 under this model.")
-    print(table)
-    print(notes)
-    if not args.no_append:
-        append_benchmark("Patient AUC from vertebra AUC: a simulation", table, notes)
+    publish("Patient AUC from vertebra AUC: a simulation", table, notes, not args.no_append)
 
 
 if __name__ == "__main__":

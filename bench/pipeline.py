@@ -266,9 +266,8 @@ def quality(args: argparse.Namespace) -> None:
     base_m = evaluate(pred_csv, data / TEST_LABELS_CSV, eval_dir, data_root=data)
     base_val = read_json(model_dir / "config.json")["extra"].get("val_uids")
     # An epoch draws as many crops as there are training vertebrae; jittered variants only widen the pool.
-    variants = 1 + ccfg.crop_variants if ccfg.crop_jitter > 0 else 1
-    n_crops = read_json(work / "run" / "cls" / "metrics.json").get("n_train_crops")
-    steps = {"two-stage": _steps(ccfg, n_crops // variants if n_crops else None),
+    cls_metrics = read_json(work / "run" / "cls" / "metrics.json")
+    steps = {"two-stage": _steps(ccfg, cls_metrics.get("n_train_vertebrae")),
              "baseline": _steps(bcfg, read_json(model_dir / "metrics.json").get("n_train_studies"))}
     record.update({"seconds": seconds, "demo_config": dataclasses.asdict(cfg),
                    "baseline_config": dataclasses.asdict(bcfg), "note": "synthetic data (cspine phantom)"})
@@ -282,7 +281,7 @@ def quality(args: argparse.Namespace) -> None:
         return [name, f"{f(m.get('patient_auc'))} ({f(ci[0])}-{f(ci[1])})", f(m.get("vertebra_auc_mean")),
                 f(m.get("rsna_weighted_log_loss"), 4), f(m.get("prevalence_baseline_log_loss"), 4)]
 
-    from _common import append_benchmark, machine_line, markdown_table
+    from _common import markdown_table, publish
 
     mc = bcfg.model
     header = ["system", "patient AUC (95% CI)", "mean vertebra AUC", "RSNA weighted log loss",
@@ -308,12 +307,7 @@ def quality(args: argparse.Namespace) -> None:
              f"baseline {steps['baseline']} (as many studies as there are); "
              f"validation split {same_split}; both calibrated on it (temperature + bias, noisy-OR patient). "
              f"Seconds (CPU, {torch.get_num_threads()} torch threads, shared machine): {spent}.")
-    print(machine_line())
-    print(table)
-    print(notes)
-    if not args.no_append:
-        print("appended to", append_benchmark("CT: two-stage system vs one-stage baseline (synthetic)", table,
-                                              notes))
+    publish("CT: two-stage system vs one-stage baseline (synthetic)", table, notes, not args.no_append)
 
 
 def main() -> None:
@@ -377,7 +371,7 @@ def main() -> None:
     med, facts = time_stages(study, run, args.repeats, args.device)
     mem = peak_memory(study_mem, run, args.device) if args.mem_slices else None
 
-    from _common import append_benchmark, machine_line, markdown_table
+    from _common import markdown_table, publish
 
     models = f"trained RUN {args.model}" if args.model else f"random-weight `{args.preset}` preset models"
     rows = [[f"{args.size}x{args.size}x{args.slices} JPEG lossless (synthetic)", f"{med['decode']:.2f}",
@@ -400,11 +394,7 @@ def main() -> None:
              "Targets: <= 20 s per study on 2 CPU cores, <= 3 GB peak for 600 slices. The machine was shared "
              f"with other jobs while measuring (load average {os.getloadavg()[0]:.1f}), so times are upper "
              "bounds.")
-    print(machine_line())
-    print(table)
-    print(notes)
-    if not args.no_append:
-        print("appended to", append_benchmark("CT pipeline: seconds per stage and peak memory", table, notes))
+    publish("CT pipeline: seconds per stage and peak memory", table, notes, not args.no_append)
     if tmp:
         tmp.cleanup()
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_benchmark, markdown_table  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 
 
 def configs() -> dict:
@@ -198,9 +198,7 @@ def main() -> None:
               f"k={full['config'].in_slices}", args.studies, args.study_size, args.epochs,
               f"{full['train_s']:.0f}",
               f"{full['mean_dice']:.3f}", f"{full['level_identification_accuracy']:.3f}"]])
-    print(table)
-    if not args.no_append:
-        append_benchmark("CT stage 1 (segmentation): inference and training speed", table, notes)
+    publish("CT stage 1 (segmentation): inference and training speed", table, notes, not args.no_append)
 
 
 if __name__ == "__main__":

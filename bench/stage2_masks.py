@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_benchmark, markdown_table  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 
 TEST_SEED0 = 100_000
 
@@ -163,10 +163,7 @@ def main() -> None:
              f"phantoms with true masks ({train_s:.0f} s, {torch.get_num_threads()} threads), scored on "
              f"{args.test} other "
              "phantoms read without DICOM. *Synthetic*.")
-    print(table)
-    print(notes)
-    if not args.no_append:
-        append_benchmark("CT stage 2 alone: true against stage-1 masks (synthetic)", table, notes)
+    publish("CT stage 2 alone: true against stage-1 masks (synthetic)", table, notes, not args.no_append)
 
 
 if __name__ == "__main__":

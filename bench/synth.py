@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import append_benchmark, machine_line, markdown_table  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:  # noqa: ANN001
@@ -66,19 +66,12 @@ def main() -> None:
             )
             rows.append([f"write 200 slices as DICOM, {enc} (verified)", f"{wall:.2f}", f"{cpu:.2f}", ""])
     table = markdown_table(["task (synthetic data, 1 core)", "median wall s", "median CPU s", "target"], rows)
-    print(machine_line())
-    print(table)
-    if not args.no_append:
-        append_benchmark(
-            "Synthetic data generation (bench/synth.py)",
-            table,
-            f"Median of {args.repeats} runs after one warm-up, process pinned to one core; "
-            "a new seed each run. "
-            "A fractured study renders the fractured region a second time (to compute the exact fracture "
-            "mask). DICOM writing decodes every file again to verify it. 1-minute load average during the "
-            f"run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: CPU seconds are the "
-            "steadier number).",
-        )
+    notes = (f"Median of {args.repeats} runs after one warm-up, process pinned to one core; a new seed "
+             "each run. A fractured study renders the fractured region a second time (to compute the exact "
+             "fracture mask). DICOM writing decodes every file again to verify it. 1-minute load average "
+             f"during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: CPU "
+             "seconds are the steadier number).")
+    publish("Synthetic data generation (bench/synth.py)", table, notes, not args.no_append)
 
 
 if __name__ == "__main__":

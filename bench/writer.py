@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import append_benchmark, machine_line, markdown_table  # noqa: E402
+from _common import markdown_table, publish  # noqa: E402
 
 # The demo's mix of encodings (random_options): the weights of the per-study average.
 MIX = {"explicit": 0.27, "jpeg_lossless": 0.33, "jpeg2000": 0.30, "implicit": 0.05, "rle": 0.05}
@@ -78,20 +78,15 @@ def main() -> None:
                  f"{means['old'] / means['new']:.2f}x"])
     table = markdown_table(["encoding (synthetic study, 100 x 128x128)", "old s/study (median)",
                             "new s/study (median)", "speed-up"], rows)
-    print(machine_line())
-    print(table)
-    if not args.no_append:
-        append_benchmark(
-            "Phantom CT writer: pre-encoded header vs pydicom save_as (bench/writer.py)",
-            table,
-            f"`python bench/writer.py --repeats {args.repeats} --threads {args.threads}`: one *synthetic* "
-            "100-slice 128x128 study written per run, old (`_write_ct_series_pydicom`: pydicom `save_as` per "
-            "slice, JPEG lossless via GDCM and a temporary raw file) and new (`write_ct_series`: constant "
-            "elements encoded once per series, GDCM JPEG lossless in memory) alternating back to back in one "
-            f"process pinned to one core; every {args.verify_every}th slice decoded again as in the demo; "
-            f"medians of {args.repeats} runs after a warm-up; the files are byte-identical. Shared 2-core "
-            f"machine (1-minute load average {os.getloadavg()[0]:.1f}): timings are noisy.",
-        )
+    notes = (f"`python bench/writer.py --repeats {args.repeats} --threads {args.threads}`: one *synthetic* "
+             "100-slice 128x128 study written per run, old (`_write_ct_series_pydicom`: pydicom `save_as` "
+             "per slice, JPEG lossless via GDCM and a temporary raw file) and new (`write_ct_series`: "
+             "constant elements encoded once per series, GDCM JPEG lossless in memory) alternating back to "
+             f"back in one process pinned to one core; every {args.verify_every}th slice decoded again as in "
+             f"the demo; medians of {args.repeats} runs after a warm-up; the files are byte-identical. "
+             f"Shared 2-core machine (1-minute load average {os.getloadavg()[0]:.1f}): timings are noisy.")
+    publish("Phantom CT writer: pre-encoded header vs pydicom save_as (bench/writer.py)", table, notes,
+            not args.no_append)
 
 
 if __name__ == "__main__":

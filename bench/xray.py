@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_benchmark, machine_line  # noqa: E402
+from _common import machine_line, publish  # noqa: E402
 
 from cspine.models.radiograph import XrayConfig, build_xray_model  # noqa: E402
 
@@ -213,11 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                   "paper's setting (ImageNet-pretrained, 2,009 real images, 30 epochs). The trivial baseline "
                   "(logistic regression on 16x16 thumbnails and grey-level histograms, same split) checks "
                   "that the phantom's classes differ by their radiographic signs, not by a global cue.")
-    print(table)
-    print(notes)
-    if not args.no_append:
-        append_benchmark("Radiographs: AlexNet / GoogLeNet throughput and accuracy (bench/xray.py)",
-                         table, notes)
+    publish("Radiographs: AlexNet / GoogLeNet throughput and accuracy (bench/xray.py)", table, notes,
+            not args.no_append)
 
 
 def _f(v: float | None, digits: int = 3, missing: str = "n/a") -> str:

@@ -111,6 +111,7 @@ def test_training_writes_the_model_folder(trained) -> None:
     # crop_variants=1: every training vertebra twice (as the mask gives it, then jittered), the
     # validation vertebrae once, as predict would crop them
     assert metrics["n_train_crops"] == 2 * 7 * metrics["n_train_studies"]
+    assert metrics["n_train_vertebrae"] == 7 * metrics["n_train_studies"]  # what an epoch draws
     assert metrics["n_val_crops"] == 7 * metrics["n_val_studies"]
 
 

@@ -239,7 +239,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     y_tr = np.array([s.label for s in tr])
     # An epoch is as many draws as there are vertebrae: jittered variants add diversity, not steps.
-    steps = steps_per_epoch(sum(s.variant == 0 for s in tr), cfg.batch_size, cfg.max_steps_per_epoch)
+    n_train_vertebrae = sum(s.variant == 0 for s in tr)
+    steps = steps_per_epoch(n_train_vertebrae, cfg.batch_size, cfg.max_steps_per_epoch)
     sched = warmup_cosine(opt, steps, steps * cfg.epochs, cfg.warmup_epochs)
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
@@ -290,7 +291,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
         metrics.update({"vertebra_loss_uncalibrated": raw,
                         "patient_loss": weighted_nll(pat_p, pat_y, PATIENT_WEIGHTS)})
     metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
-                    "n_val_studies": len(val_uids), "n_train_crops": len(tr), "n_val_crops": len(va)})
+                    "n_val_studies": len(val_uids), "n_train_vertebrae": n_train_vertebrae,
+                    "n_train_crops": len(tr), "n_val_crops": len(va)})
     extra = {
         "calibration": dataclasses.asdict(cal),
         "patient_calibration": dataclasses.asdict(pcal),
