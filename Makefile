@@ -2,16 +2,34 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Every install resolves to the versions the suite last passed with; `make lock` refreshes them on purpose.
+LOCK := requirements/lock.txt
+EXTRAS := test,bench
 PYTEST_ARGS ?= -n 2 --durations=15
 
-.PHONY: install test demo lint bench clean
+# Programs the tests drive as real peers: dcmtk (dsrdump reads our SR), chromium (the viewer's browser
+# test, driven by Playwright; never `playwright install`). Installed with apt where missing and possible.
+SYSTEM_PROGRAMS := dsrdump chromium
+SYSTEM_PACKAGES := dcmtk chromium
 
-install: $(STAMP)
+.PHONY: install test demo lint bench lock clean system-deps viewer-assets
 
-$(STAMP): pyproject.toml
+install: $(STAMP) system-deps
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing with apt"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "warning: missing$$missing (apt-get install $(SYSTEM_PACKAGES)); their tests fail in CI"; fi; \
+	fi
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet "pip>=24"
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: install
@@ -26,6 +44,21 @@ lint: install
 bench: install
 	$(PY) bench/decode.py
 	$(PY) bench/synth.py
+
+# Re-resolve the newest allowed versions in a scratch venv and write them to the lock file.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --upgrade --quiet "pip>=24"
+	.lock-venv/bin/python -m pip install --quiet -e '.[$(EXTRAS),lite12]'
+	mkdir -p requirements
+	( echo "# cspine lock: the versions \`make install\` and CI use (refresh with \`make lock\`)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable ) > $(LOCK)
+	rm -rf .lock-venv
+
+# Refresh the viewer's NiiVue copy from viewer/package-lock.json (npm; the package ships the copy).
+viewer-assets:
+	cd viewer && npm ci --no-audit --no-fund
+	cp viewer/node_modules/@niivue/niivue/dist/niivue.umd.js src/cspine/viewer/static/niivue.umd.js
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -23,9 +23,9 @@ from _common import markdown_table, publish  # noqa: E402
 
 def run_seed(work: Path, seed: int) -> dict:
     """Stage 2 with ``seed`` on ``work``'s data, cache and stage 1; the evaluation's metrics."""
+    from cspine.ct import CtModel, predict_many
     from cspine.ct.demo import DemoConfig
     from cspine.ct.evaluate import evaluate
-    from cspine.ct.pipeline import CtModel, predict_many
     from cspine.ct.presets import train_run
     from cspine.labels import TEST_LABELS_CSV
 

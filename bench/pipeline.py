@@ -5,7 +5,7 @@ What is measured (all on *synthetic* phantom studies, CPU unless a GPU is presen
 * seconds per stage -- decode (DICOM JPEG lossless -> canonical HU volume), seg (stage-1 U-Net,
   post-processing, labels back on the full grid), crops (per-vertebra 2.5D stacks), cls (stage-2
   CNN + BiGRU + attention, calibration) -- for a 512x512x300 JPEG-lossless study, through
-  :func:`cspine.ct.pipeline.predict` exactly as ``cspine ct predict`` runs it; the median of
+  :func:`cspine.ct.inference.predict` exactly as ``cspine ct predict`` runs it; the median of
   ``--repeats`` runs after one warm-up run (the OS file cache is warm from the second run on);
 * peak resident memory of a fresh subprocess that loads the model and predicts one study, for a
   600-slice 512x512 study (the 300-slice phantom with each slice written twice at half the spacing:
@@ -31,7 +31,7 @@ loss of predicting the training prevalence):
 * two-stage: :func:`cspine.ct.demo.run_demo` with the demo's configuration
   (:class:`cspine.ct.demo.DemoConfig`, read at run time) resized to ``--q-train``/``--q-test``/``--q-size``:
   phantoms, cache, stage 1 + pseudo-labels, stage 2 (:func:`cspine.ct.presets.train_run`),
-  :func:`cspine.ct.pipeline.predict_many` on the held-out DICOM studies, :func:`cspine.ct.evaluate.evaluate`;
+  :func:`cspine.ct.inference.predict_many` on the held-out DICOM studies, :func:`cspine.ct.evaluate.evaluate`;
 * one-stage baseline (:mod:`cspine.ct.baseline`): the same CNN + BiGRU + attention over the whole
   study, trained with the stage-2 configuration read back from the trained ``run/cls/config.json``
   (backbone, image size, ``k``, epochs, lr, batch size, seed, validation fraction), twice stage 2's
@@ -130,7 +130,7 @@ def build_run(run: Path, preset: str) -> None:
 # --- measurements -------------------------------------------------------------------------------------
 def time_stages(study: Path, run: Path, repeats: int, device: str | None) -> tuple[dict[str, float], dict]:
     """Median seconds per stage over ``repeats`` runs after a warm-up, and the last result's facts."""
-    from cspine.ct.pipeline import CtModel, predict
+    from cspine.ct import CtModel, predict
 
     t0 = time.perf_counter()
     model = CtModel.load(run, device=device)
@@ -177,7 +177,7 @@ def _cpu_seconds() -> float:
 
 
 def _child_mem(study: Path, run: Path, device: str | None) -> None:
-    from cspine.ct.pipeline import CtModel, predict
+    from cspine.ct import CtModel, predict
 
     model = CtModel.load(run, device=device)
     base = _peak_rss_mib()

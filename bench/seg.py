@@ -56,7 +56,7 @@ def bench_inference(volume, cfg, repeats: int, model_dir: Path | None, device: s
     import torch
 
     from cspine.checkpoint import save_model
-    from cspine.ct.seg.dataset import reduced_grid, resample_image
+    from cspine.ct.seg.grid import reduced_grid, resample_image
     from cspine.ct.seg.predict import SegModel, segment
     from cspine.models.unet2p5d import build_seg_model
 

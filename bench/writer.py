@@ -1,6 +1,6 @@
 """Benchmark: seconds to write one 100-slice 128x128 phantom study as DICOM, per encoding, with the
 pre-encoded header writer (``write_ct_series``) against the reference writer (one pydicom ``save_as`` per
-slice, JPEG lossless through GDCM and a temporary raw file: ``_write_ct_series_pydicom``).
+slice, JPEG lossless through GDCM and a temporary raw file: ``write_ct_series_reference``).
 
 Usage: ``python bench/writer.py [--repeats 7] [--threads 1] [--no-append]``. Old and new run back to
 back, alternating, in one process pinned to one core, with the verification settings of
@@ -41,12 +41,12 @@ def main() -> None:
     if cores:
         os.sched_setaffinity(0, {sorted(cores)[0]})
 
-    from cspine.synth.ct_writer import SeriesOptions, _write_ct_series_pydicom, write_ct_series
+    from cspine.synth.ct_writer import SeriesOptions, write_ct_series, write_ct_series_reference
     from cspine.synth.phantom import make_phantom
 
     study = make_phantom(1, size=128).volume()  # (100, 128, 128)
     verify = args.verify_every > 0
-    writers = {"old": _write_ct_series_pydicom, "new": write_ct_series}
+    writers = {"old": write_ct_series_reference, "new": write_ct_series}
     rows, means = [], {"old": 0.0, "new": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         for enc in MIX:
@@ -79,7 +79,7 @@ def main() -> None:
     table = markdown_table(["encoding (synthetic study, 100 x 128x128)", "old s/study (median)",
                             "new s/study (median)", "speed-up"], rows)
     notes = (f"`python bench/writer.py --repeats {args.repeats} --threads {args.threads}`: one *synthetic* "
-             "100-slice 128x128 study written per run, old (`_write_ct_series_pydicom`: pydicom `save_as` "
+             "100-slice 128x128 study written per run, old (`write_ct_series_reference`: pydicom `save_as` "
              "per slice, JPEG lossless via GDCM and a temporary raw file) and new (`write_ct_series`: "
              "constant elements encoded once per series, GDCM JPEG lossless in memory) alternating back to "
              f"back in one process pinned to one core; every {args.verify_every}th slice decoded again as in "

@@ -44,3 +44,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cspine_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private ``CSPINE_HOME`` for the session: converted weights never land in the user's cache, and
+    every worker proves the conversion from the package's file."""
+    old = os.environ.get("CSPINE_HOME")
+    home = tmp_path_factory.mktemp("cspine_home")
+    os.environ["CSPINE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("CSPINE_HOME", None)
+    else:
+        os.environ["CSPINE_HOME"] = old

@@ -43,3 +43,7 @@ class ImageError(CspineError):
 
 class CheckpointError(CspineError):
     """A model folder is missing a file or holds an inconsistent config."""
+
+
+class DeviceError(CspineError):
+    """The compute device asked for (``--device``) does not exist on this machine."""

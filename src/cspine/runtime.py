@@ -10,14 +10,32 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from cspine.errors import DeviceError
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if device in (None, "auto"):
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device for a ``--device`` value.
+
+    Args:
+        device: ``None``/``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, or a :class:`torch.device`.
+
+    Raises:
+        DeviceError: an unknown device name, or a CUDA device this machine does not have.
+    """
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is available")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device} was asked for, but this machine has no CUDA GPU that torch "
+                              "can use; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                              f"numbered from 0")
     return dev
 
 

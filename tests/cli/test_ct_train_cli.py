@@ -75,8 +75,16 @@ def test_bad_stage_and_preset_are_clear_errors(tmp_path) -> None:
 def test_presets_and_overrides() -> None:
     paper = presets.cls_train_config("paper")
     assert paper.model.backbone == "tf_efficientnetv2_s" and paper.model.n_slices == 24
+    fast = presets.cls_train_config("fast")
+    assert (fast.model.backbone, fast.model.pretrained, fast.model.input_norm) == (
+        "tf_efficientnet_lite0", "imagenet", (0.5, 0.5))
+    assert presets.seg_train_config("fast").model.backbone == "tu-tf_efficientnet_lite0"
+    # another backbone drops the preset's weights (not in the registry) and frozen stages
     fast = presets.cls_train_config("fast", epochs=2, image_size=40, backbone="test_resnet")
     assert (fast.epochs, fast.model.image_size, fast.model.backbone) == (2, 40, "test_resnet")
+    assert (fast.model.pretrained, fast.model.frozen_stages, fast.model.input_norm) == ("none", 0, (0.0, 1.0))
+    lite1 = presets.cls_train_config("fast", backbone="tf_efficientnet_lite1")
+    assert lite1.model.pretrained == "imagenet" and lite1.model.frozen_stages == 0
     assert presets.split_backbone("tu-resnet18") == ("tu-resnet18", "resnet18")
     assert presets.split_backbone("efficientnet-b0,resnet50d") == ("efficientnet-b0", "resnet50d")
     seg = presets.seg_train_config("paper")

@@ -12,7 +12,7 @@ import torch
 
 from _rsna_fixture import write_rsna_layout
 from cspine.ct.baseline.data import BaselineStudy, sample_from_study
-from cspine.ct.baseline.inputs import slice_targets, study_stack
+from cspine.ct.baseline.inputs import stack_slice_targets, study_stack
 from cspine.ct.baseline.model import build_study_classifier
 from cspine.ct.baseline.predict import BaselineModel, predict_studies, predict_volume
 from cspine.ct.baseline.train import baseline_loss, baseline_train_config, train_baseline
@@ -64,11 +64,11 @@ def test_stack_covers_the_whole_study_and_targets_follow_the_boxes() -> None:
     # whole field of view, 24 rows padded with air to 32: the top and bottom rows are air (0 in the window)
     assert stack.array[:, :, :3].max() == 0.0 and stack.array[:, :, 14:18].max() > 0.5
     # a box on slice 25 belongs to the input slice whose centre (every 48/11 slices) is nearest
-    t = slice_targets(stack, frozenset({25}), fractured=True)
+    t = stack_slice_targets(stack, frozenset({25}), fractured=True)
     assert t.sum() == 1 and abs(stack.slice_indices[int(t.argmax())] - 25) <= 2.2
-    assert slice_targets(stack, frozenset({0, 48}), True).tolist() == [1] + [0] * 10 + [1]
-    assert not slice_targets(stack, frozenset({25}), fractured=False).any()
-    assert np.isnan(slice_targets(stack, None, fractured=True)).all()
+    assert stack_slice_targets(stack, frozenset({0, 48}), True).tolist() == [1] + [0] * 10 + [1]
+    assert not stack_slice_targets(stack, frozenset({25}), fractured=False).any()
+    assert np.isnan(stack_slice_targets(stack, None, fractured=True)).all()
 
 
 def test_a_few_steps_lower_the_loss() -> None:

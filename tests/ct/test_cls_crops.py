@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cspine.ct.cls.crops import extract_crops, jitter_geometry
-from cspine.ct.cls.dataset import slice_targets
-from cspine.ct.seg.predict import Segmentation
+from cspine.ct.cls.dataset import crop_slice_targets
+from cspine.ct.seg.postprocess import Segmentation
 from cspine.io.volume import volume_from_arrays
 from cspine.labels import BONE_WINDOW, VERTEBRAE, window_bounds
 from cspine.models.vertebra_classifier import ClsConfig
@@ -130,10 +130,10 @@ def test_slice_targets_boxes_and_pseudo_labels() -> None:
     hu, labels = _stack()
     seg = Segmentation.from_labels(labels)
     crop = extract_crops(volume_from_arrays(hu), seg, CFG)["C3"]
-    assert slice_targets(crop, seg, False, None).sum() == 0
-    pseudo = slice_targets(crop, seg, True, None)
+    assert crop_slice_targets(crop, seg, False, None).sum() == 0
+    pseudo = crop_slice_targets(crop, seg, True, None)
     assert pseudo.max() == 1.0 and pseudo.min() > 0  # the block has the same area on every slice
-    boxed = slice_targets(crop, seg, True, frozenset({28, 29, 100}))
+    boxed = crop_slice_targets(crop, seg, True, frozenset({28, 29, 100}))
     assert set(crop.slice_indices[boxed > 0].tolist()) <= {28, 29}
     assert boxed.sum() >= 1
 

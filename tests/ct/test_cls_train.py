@@ -11,7 +11,7 @@ import torch
 from cspine.ct.cls.dataset import ClsStudy, CropDataset, build_samples, samples_from_study
 from cspine.ct.cls.predict import ClsModel, classify
 from cspine.ct.cls.train import ClsTrainConfig, split_patients, train_classifier, weighted_bce_loss
-from cspine.ct.seg.predict import Segmentation
+from cspine.ct.seg.postprocess import Segmentation
 from cspine.errors import CspineError, DatasetError
 from cspine.io.volume import volume_from_arrays
 from cspine.labels import VERTEBRAE
@@ -106,6 +106,15 @@ def test_training_writes_the_model_folder(trained) -> None:
     assert extra["calibration"]["temperature"] > 0
     assert set(extra["absent_vertebra_prior"]) == set(VERTEBRAE)
     assert extra["patient_pool"] == "noisy_or" and "noisy_or" in extra["patient_aggregation"]
+    # operating points chosen on the validation patients, stored beside the calibration
+    from cspine.ct.cls.operating_points import load_operating_points, resolve_operating_point
+
+    ops = extra["operating_points"]
+    assert set(ops["vertebra"]) == {"sens90", "sens95"}
+    v90, v95 = ops["vertebra"]["sens90"], ops["vertebra"]["sens95"]
+    assert v95 is None or 0 < v95 <= v90 <= 1
+    point = resolve_operating_point("sens90", load_operating_points(folder))
+    assert point.to_dict()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_train_studies"] + metrics["n_val_studies"] == 8
     # crop_variants=1: every training vertebra twice (as the mask gives it, then jittered), the

@@ -9,45 +9,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from _rsna_fixture import write_dicom_study, write_rsna_layout
-from cspine.checkpoint import save_model
+from _tiny_ct_run import PRIOR, make_run
 from cspine.ct.evaluate import evaluate
-from cspine.ct.pipeline import CtModel, StudyInputError, predict, predict_many
+from cspine.ct.inference import predict, predict_many
+from cspine.ct.model import CtModel
 from cspine.errors import CheckpointError, CspineError
+from cspine.io.study import StudyInputError
 from cspine.io.volume import volume_from_arrays
-from cspine.labels import LABEL_OF, TARGETS, VERTEBRAE
-from cspine.models.unet2p5d import SegConfig, build_seg_model
-from cspine.models.vertebra_classifier import ClsConfig, build_classifier
+from cspine.labels import TARGETS, VERTEBRAE
 
 SHAPE = (16, 64, 64)
-PRIOR = {v: 0.1 for v in VERTEBRAE}
-
-
-def make_run(run, *, stages=("seg", "cls")) -> None:
-    torch.manual_seed(0)
-    if "seg" in stages:
-        scfg = SegConfig(backbone="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8), image_size=32,
-                         z_spacing=2.5)
-        net = build_seg_model(scfg)
-        conv = net.segmentation_head[0]
-        with torch.no_grad():
-            conv.weight.zero_()
-            conv.bias.fill_(-10.0)
-            conv.bias[LABEL_OF["C3"]] = 10.0
-        save_model(run / "seg", net, scfg, kind="seg")
-    if "cls" in stages:
-        ccfg = ClsConfig(backbone="test_efficientnet", n_slices=6, k=3, image_size=64, gru_hidden=8,
-                         attn_dim=8, dropout=0.0)
-        save_model(run / "cls", build_classifier(ccfg), ccfg, kind="vertebra_classifier",
-                   extra={"calibration": {"temperature": 1.0, "bias": 0.0},
-                          "patient_calibration": {"temperature": 1.0, "bias": 0.0},
-                          "absent_vertebra_prior": PRIOR})
 
 
 @pytest.fixture(scope="module")
@@ -66,24 +44,58 @@ def test_one_study_writes_every_file(setup, tmp_path):
     doc = json.loads((tmp_path / f"{uid}.json").read_text())
     assert doc["study_uid"] == uid
     assert set(doc["probabilities"]) == set(TARGETS)
-    assert all(0.0 <= p <= 1.0 for p in doc["probabilities"].values())
+    # only C3 was found: the others have no probability, the study says why, the patient score is partial
+    assert doc["status"] == "levels missing" and doc["missing_levels"] == [v for v in VERTEBRAE if v != "C3"]
+    assert 0.0 <= doc["probabilities"]["C3"] <= 1.0 and 0.0 <= doc["probabilities"]["patient_overall"] <= 1.0
     c3 = doc["vertebrae"]["C3"]
     assert c3["present"] and c3["z_range"] == [0, SHAPE[0]] and c3["box"] == [0, SHAPE[1], 0, SHAPE[2]]
     att = c3["attention"]
     assert len(att["weights"]) == 6 and sum(att["weights"]) == pytest.approx(1.0, abs=1e-4)
     # canonical slice k of a reverse-numbered study is file number nz - k
     assert att["instance_numbers"] == [SHAPE[0] - k for k in att["slice_indices"]]
-    # vertebrae not found get the model's prior
+    # vertebrae not found get no probability; the prior is kept apart (submission.csv needs a value)
     assert doc["vertebrae"]["C1"]["present"] is False and doc["vertebrae"]["C1"]["attention"] is None
-    assert doc["probabilities"]["C1"] == pytest.approx(0.1)
+    assert doc["probabilities"]["C1"] is None and doc["prior"]["C1"] == pytest.approx(0.1)
     assert set(doc["seconds"]) >= {"decode", "seg", "crops", "cls", "total"}
     assert doc["versions"]["packages"]["cspine"] and doc["versions"]["model"]["cls"]["weights_sha256_16"]
     assert doc["volume"]["shape"] == list(SHAPE)
     pred = pd.read_csv(tmp_path / "predictions.csv", dtype={"StudyInstanceUID": str})
-    assert pred.columns.tolist() == ["StudyInstanceUID", *TARGETS]
+    assert pred.columns.tolist() == ["StudyInstanceUID", *TARGETS, "status", "missing_levels"]
     assert pred.loc[0, "C3"] == pytest.approx(doc["probabilities"]["C3"], abs=1e-6)
+    assert pd.isna(pred.loc[0, "C1"]) and pred.loc[0, "status"] == "levels missing"
+    assert pred.loc[0, "missing_levels"] == "C1;C2;C4;C5;C6;C7"
     sub = pd.read_csv(tmp_path / "submission.csv")
     assert sub["row_id"].tolist() == [f"{uid}_{t}" for t in TARGETS]
+    assert sub["fractured"][0] == pytest.approx(0.1)  # C1: the documented prior fill
+
+
+def count_calls(monkeypatch, func):
+    """Replace ``func`` by a counting wrapper in every loaded module that holds it by name."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return func(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, func.__name__, None) is func:
+            monkeypatch.setattr(module, func.__name__, counting)
+    return calls
+
+
+def test_crops_are_cut_once_per_study(setup, tmp_path, monkeypatch):
+    from cspine.ct.cls import crops
+
+    base, model, info = setup
+    calls = count_calls(monkeypatch, crops.extract_crops)
+    summary = predict_many([base / "rsna"], model, tmp_path, progress=False)
+    assert sorted(summary.predicted) == sorted(info.test_uids)
+    assert len(calls) == len(info.test_uids)  # once per study: timed as "crops", not again in "cls"
+    for uid in info.test_uids:
+        seconds = json.loads((tmp_path / f"{uid}.json").read_text())["seconds"]
+        assert seconds["crops"] > 0 and seconds["cls"] > 0
+        stages = seconds["decode"] + seconds["seg"] + seconds["crops"] + seconds["cls"]
+        assert seconds["total"] >= stages - 1e-3
 
 
 def test_rsna_root_submission_follows_test_csv_and_resumes(setup, tmp_path):
@@ -99,7 +111,9 @@ def test_rsna_root_submission_follows_test_csv_and_resumes(setup, tmp_path):
     for row_id, value in zip(sub["row_id"], sub["fractured"], strict=True):
         uid, target = row_id.rsplit("_", 1) if not row_id.endswith("patient_overall") else \
             (row_id[: -len("_patient_overall")], "patient_overall")
-        assert value == pytest.approx(pred.loc[uid, target], abs=1e-6)
+        expected = pred.loc[uid, target]
+        # a vertebra without probability (empty cell) gets the documented prior in the submission
+        assert value == pytest.approx(PRIOR[target] if pd.isna(expected) else expected, abs=1e-6)
     before = (tmp_path / "submission.csv").read_text()
     (tmp_path / "predictions.csv").unlink()
     s2 = predict_many([root], model, tmp_path, progress=False)
@@ -121,7 +135,10 @@ def test_failing_study_is_reported_and_skipped(setup, tmp_path):
     assert "no files" in summary.failed[0][1]
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())
     assert failures[0]["input"] == str(empty)
-    assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 1
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("StudyInstanceUID")
+    assert pred.loc["empty_study", "status"] == "failed"
+    assert pred.loc["empty_study", list(TARGETS)].isna().all()
+    assert pred.loc[info.test_uids[0], "status"] == "levels missing"
 
 
 def test_explain_writes_pngs(setup, tmp_path):

@@ -242,7 +242,8 @@ def test_missing_slice_resampled_when_asked(shared_data: Path) -> None:
     np.testing.assert_array_equal(vol.hu[:3], raw.hu)
     last = read_series(folder, on_gap="resample", workers=1).hu[4].astype(np.int32)
     np.testing.assert_allclose(vol.hu[3], (raw.hu[2].astype(np.int32) + last) / 2, atol=1)
-    assert any("resampled 4 slices onto 5" in w for w in vol.meta["warnings"])
+    assert any("resampled the 4 acquired slices onto 5 slices every 5.000 mm" in w
+               for w in vol.meta["warnings"])
 
 
 def test_gantry_tilt_resampled_when_asked(shared_data: Path) -> None:
@@ -252,7 +253,8 @@ def test_gantry_tilt_resampled_when_asked(shared_data: Path) -> None:
     a = vol.affine[:3, :3]
     np.testing.assert_allclose(a.T @ a, np.diag(np.diag(a.T @ a)), atol=1e-9)  # orthogonal grid
     assert vol.spacing[0] == pytest.approx(5 * 0.970295726276, abs=1e-6)
-    # each slice k moved in-plane by its origin's offset from the normal through slice 0
+    # each slice k moved in-plane by its origin's offset from the normal through slice 0, on a grid
+    # enlarged by the rows the shear moves the slices over (none is cropped)
     from scipy import ndimage
 
     from cspine.io.dicom import read_slice_hu
@@ -262,14 +264,24 @@ def test_gantry_tilt_resampled_when_asked(shared_data: Path) -> None:
     ipp0 = np.array(dss[0].ImagePositionPatient, float)
     iop = np.array(dss[0].ImageOrientationPatient, float)
     row, col = iop[:3], iop[3:]
+    ps = [float(v) for v in dss[0].PixelSpacing]
+    rows, cols = int(dss[0].Rows), int(dss[0].Columns)
+    pad = ((ipp0 - vol.affine[:3, 3]) @ col / ps[0], (ipp0 - vol.affine[:3, 3]) @ row / ps[1])
+    (r0, r1), (c0, c1) = vol.meta["tilt_padding_pixels"]
+    np.testing.assert_allclose(pad, (r0, c0), atol=1e-6)
+    assert vol.shape[1:] == (rows + r0 + r1, cols + c0 + c1) and r0 + r1 >= 9  # 8.7 rows over the stack
     for k in (0, 3):
         delta = np.array(dss[k].ImagePositionPatient, float) - ipp0
         off = delta - (delta @ normal) * normal
-        shift = (off @ col / float(dss[0].PixelSpacing[0]), off @ row / float(dss[0].PixelSpacing[1]))
+        shift = (off @ col / ps[0] + pad[0], off @ row / ps[1] + pad[1])
+        np.testing.assert_allclose(vol.slices[k].pixel_offset, shift, atol=1e-3)
         raw, _ = read_slice_hu(vol.slices[k].path)
-        expected = np.rint(ndimage.shift(raw.astype(np.float32), shift, order=1, cval=-1024.0))
-        np.testing.assert_array_equal(vol.hu[k], expected)
-        assert k == 0 or abs(shift[0]) > 8  # 8.7 rows over the stack
+        canvas = np.full(vol.shape[1:], -1024.0, np.float32)
+        canvas[:rows, :cols] = raw
+        shift = tuple(round(v) if abs(v - round(v)) < 1e-6 else v for v in shift)  # exact at slice 0
+        expected = np.rint(ndimage.shift(canvas, shift, order=1, cval=-1024.0))
+        np.testing.assert_allclose(vol.hu[k], expected, atol=1)
+    assert any("enlarged from 512x512" in w for w in vol.meta["warnings"])
 
 
 def test_truncated_compressed_file_skipped(shared_data: Path, tmp_path: Path) -> None:
@@ -300,6 +312,7 @@ def test_fast_header_parsing_equals_pydicom(shared_data: Path) -> None:
     assert len(files) > 50
     for path in files:  # implicit/explicit VR, big endian, deflated, encapsulated, broken values
         fast, slow = read_header(str(path)), read_header(str(path), fast=False)
+        assert not isinstance(fast, list)  # no multi-frame file among them
         if isinstance(fast, tuple) or isinstance(slow, tuple):
             assert fast == slow
             continue

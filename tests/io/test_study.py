@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cspine.errors import CspineError, DicomError
+from cspine.errors import DicomError
 from cspine.io.dicom import read_series
-from cspine.io.study import load_study
-from cspine.io.volume import Volume
+from cspine.io.study import MIN_SLICES, StudyInputError, check_ct_study, load_study, nifti_stem, study_uid
+from cspine.io.volume import Volume, volume_from_arrays
 
 
 def test_real_series_loads_canonical(shared_data: Path) -> None:
@@ -29,10 +29,13 @@ def test_real_series_loads_canonical(shared_data: Path) -> None:
 
 
 def test_empty_missing_and_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(CspineError, match="no such file"):
+    with pytest.raises(StudyInputError, match="not found"):
         load_study(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CspineError, match="empty"):
+    with pytest.raises(StudyInputError, match="empty"):
+        load_study(tmp_path / "empty")
+    (tmp_path / "empty" / "sub").mkdir()  # folders without a file are as empty
+    with pytest.raises(StudyInputError, match="holds no files"):
         load_study(tmp_path / "empty")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.bin").write_bytes(b"\x00" * 300)
@@ -56,3 +59,23 @@ def test_nifti_goes_through_the_nifti_reader_and_is_canonicalised(tmp_path: Path
     assert calls == [path]
     np.testing.assert_array_equal(vol.hu, hu[::-1])
     assert vol.affine[2, 0] == -1.0
+
+
+def test_check_ct_study_names_the_input(tmp_path: Path) -> None:
+    hu = np.zeros((MIN_SLICES, 4, 4), np.int16)
+    check_ct_study(volume_from_arrays(hu))  # exactly the minimum passes
+    with pytest.raises(StudyInputError, match=f"{tmp_path}: the study has {MIN_SLICES - 1} axial slices"):
+        check_ct_study(volume_from_arrays(hu[1:]), tmp_path)
+    with pytest.raises(StudyInputError, match="the series is MR, not CT"):
+        check_ct_study(volume_from_arrays(hu, meta={"Modality": "MR"}))
+
+
+def test_study_uid_tag_then_folder_then_nifti_stem(tmp_path: Path) -> None:
+    hu = np.zeros((MIN_SLICES, 4, 4), np.int16)
+    assert study_uid(volume_from_arrays(hu, meta={"StudyInstanceUID": " 1.2.3 "}), tmp_path / "x") == "1.2.3"
+    assert study_uid(volume_from_arrays(hu), tmp_path / "1.2.9") == "1.2.9"
+    nii = tmp_path / "Case_7.NII.GZ"
+    nii.write_bytes(b"")
+    assert study_uid(volume_from_arrays(hu), nii) == "Case_7" == nifti_stem(nii)
+    with pytest.raises(StudyInputError, match="in-memory volume"):
+        study_uid(volume_from_arrays(hu), None)

@@ -12,7 +12,7 @@ import pytest
 
 from cspine.io.study import load_study
 from cspine.labels import HU_MAX, HU_MIN
-from cspine.synth.ct_writer import ENCODINGS, SeriesOptions, _write_ct_series_pydicom, write_ct_series
+from cspine.synth.ct_writer import ENCODINGS, SeriesOptions, write_ct_series, write_ct_series_reference
 from cspine.synth.phantom import make_phantom
 
 
@@ -122,7 +122,7 @@ def test_header_writer_matches_reference(tmp_path: Path, encoding, signed, bits,
         slice_thickness=3.0 if case % 3 == 0 else None,
     )
     kw = {"uid_seed": f"case{case}", "extra": {"PatientID": "P1", "SeriesNumber": 4}, "verify_every": 2}
-    old = _write_ct_series_pydicom(volume, tmp_path / "old", opts, **kw)
+    old = write_ct_series_reference(volume, tmp_path / "old", opts, **kw)
     new = write_ct_series(volume, tmp_path / "new", opts, **kw)
     assert (new.instance_numbers, new.flip_x, new.series_uid, new.transfer_syntax) == (
         old.instance_numbers,

@@ -12,6 +12,7 @@ from _xray_toy import write_toy_dataset
 from PIL import Image
 
 from cspine.errors import DatasetError, ImageError
+from cspine.models.radiograph import TORCHVISION_MEAN, TORCHVISION_STD
 from cspine.xray.data import (
     check_leakage,
     find_near_duplicates,
@@ -115,10 +116,10 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
         check_leakage(data, make_splits(data), 4)
 
 
-def test_transforms_three_channels_and_imagenet_normalisation() -> None:
+def test_transforms_three_channels_and_the_given_normalisation() -> None:
     img = np.zeros((50, 80), np.float32)
     img[:, 40:] = 1.0
-    x = preprocess(img, 32)
+    x = preprocess(img, 32, TORCHVISION_MEAN, TORCHVISION_STD)
     assert x.shape == (3, 32, 32)
     np.testing.assert_allclose(x[:, 0, 0].numpy(), [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
                                rtol=1e-5)
@@ -132,4 +133,6 @@ def test_transforms_three_channels_and_imagenet_normalisation() -> None:
     assert out.shape == g.shape and not torch.equal(out, g)
     mirror = Augment(enabled=True, max_rotation=0.0, max_contrast=0.0, p_flip=1.0)
     assert torch.allclose(augment(g, mirror), g.flip(-1), atol=1e-6)  # facing the other way
-    assert normalize(g).shape == (3, 32, 32)
+    assert normalize(g, TORCHVISION_MEAN, TORCHVISION_STD).shape == (3, 32, 32)
+    half = normalize(g, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # Lite0's registry normalisation
+    torch.testing.assert_close(half, (g.expand(3, -1, -1) - 0.5) / 0.5)

@@ -26,6 +26,7 @@ from cspine.xray.transforms import preprocess
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 64
+MEAN, STD = XrayConfig(arch="googlenet").mean, XrayConfig(arch="googlenet").std
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_network_input_is_the_labelled_class_rendering(phantom_set: Path) -> Non
     data = load_dataset(phantom_set)
     assert data.class_names == XRAY_CLASSES
     assert len({it.label for it in data.items}) >= 2  # the check below sees more than one class
-    ds = ImageSet([it.path for it in data.items], [it.label for it in data.items], SIZE)
+    ds = ImageSet([it.path for it in data.items], [it.label for it in data.items], SIZE, mean=MEAN, std=STD)
     checked_other = False
     for i, it in enumerate(data.items):
         x, y = ds[i]
@@ -52,11 +53,11 @@ def test_network_input_is_the_labelled_class_rendering(phantom_set: Path) -> Non
         name = data.class_names[y]
         assert it.path.parent.name == name
         # the same patient and exposure rendered as the class the label index names = the input
-        own = preprocess(_render_exposure(seed, name, exposure) / 255.0, SIZE)
+        own = preprocess(_render_exposure(seed, name, exposure) / 255.0, SIZE, MEAN, STD)
         torch.testing.assert_close(x, own, atol=2e-2, rtol=0)  # float16 cache of the resized image
         if not checked_other and name != "normal":
             # ... and not as a normal spine: the class's sign is in what the network sees
-            other = preprocess(_render_exposure(seed, "normal", exposure) / 255.0, SIZE)
+            other = preprocess(_render_exposure(seed, "normal", exposure) / 255.0, SIZE, MEAN, STD)
             assert float((x - other).abs().max()) > 0.5
             checked_other = True
     assert checked_other
@@ -65,7 +66,7 @@ def test_network_input_is_the_labelled_class_rendering(phantom_set: Path) -> Non
 def test_random_init_googlenet_memorises_a_tiny_phantom_set(phantom_set: Path) -> None:
     torch.manual_seed(0)
     data = load_dataset(phantom_set)
-    ds = ImageSet([it.path for it in data.items], [it.label for it in data.items], SIZE)
+    ds = ImageSet([it.path for it in data.items], [it.label for it in data.items], SIZE, mean=MEAN, std=STD)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([it.label for it in data.items])
     model = build_xray_model(XrayConfig(arch="googlenet", image_size=SIZE, hidden=64, dropout=0.0))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -15,18 +16,26 @@ def prepare(
     cache: Path = typer.Option(..., "--cache", help="Cache folder (created; reused to resume)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Studies decoded in parallel (processes)."),
     split: str = typer.Option("train", "--split", help="train (with masks) or test."),
+    bad_masks: str = typer.Option(
+        "error", "--bad-masks",
+        help="A mask with NaN voxels, labels outside 0..19, no vertebra or another grid than the CT: "
+             "'error' fails its study; 'exclude' caches the study without the mask and lists it."),
 ) -> None:
     """Decode each study once into a memory-mappable cache (int16 HU, geometry, slice map, mask).
 
     Resumable: finished studies are skipped. A bad study is listed at the end, never stops the run.
+    Masks are checked before they are cached; each study's mask report (levels, voxels, mean HU per
+    level) goes into CACHE/summary.json, and studies whose mask looks misaligned are printed.
 
     Exit status 1 when any study failed (rerun to retry them).
     """
-    from cspine.preprocess.cache import prepare_cache
+    from cspine.preprocess.cache import BAD_MASK_MODES, prepare_cache
 
     if split not in ("train", "test"):
         raise typer.BadParameter("must be 'train' or 'test'", param_hint="--split")
-    summary = prepare_cache(data, cache, workers=workers, split=split)
+    if bad_masks not in BAD_MASK_MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(BAD_MASK_MODES)}", param_hint="--bad-masks")
+    summary = prepare_cache(data, cache, workers=workers, split=split, bad_masks=bad_masks)
     console = Console()
     table = Table(title=f"cspine ct prepare ({split}) -> {cache}")
     table.add_column("studies", justify="right")
@@ -38,13 +47,21 @@ def prepare(
     table.add_row(str(summary.total), str(len(summary.done)), str(len(summary.skipped)), str(summary.masks),
                   f"[red]{len(summary.failed)}[/]" if summary.failed else "0", f"{summary.seconds:.1f}")
     console.print(table)
+    # One line each, never wrapped inside a table cell: a user can search the output for a file name.
+    for uid, reason in summary.masks_excluded.items():
+        console.print(f"[yellow]mask left out[/] study {uid} (cached without it): {escape(reason)}",
+                      highlight=False, soft_wrap=True)
+    for line in summary.mask_warnings:
+        console.print(f"[yellow]warning[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in summary.box_problems:
+        console.print(f"[yellow]box[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if summary.mask_reports:
+        console.print(f"mask reports of {len(summary.mask_reports)} studies: {Path(cache) / 'summary.json'}",
+                      highlight=False, soft_wrap=True)
     if summary.failed:
-        failed = Table(title="failed studies", show_lines=False)
-        failed.add_column("StudyInstanceUID")
-        failed.add_column("reason")
+        console.print(f"[red]failed studies[/] ({len(summary.failed)}; rerun to retry them):")
         for uid, reason in summary.failed.items():
-            failed.add_row(uid, reason)
-        console.print(failed)
+            console.print(f"  {uid}: {escape(reason)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -22,13 +22,18 @@ def evaluate(
                                      help="RSNA root: train.csv prevalences for the baseline, "
                                           "bounding boxes for attention alignment."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    model: Path | None = typer.Option(None, "--model",
+                                      help="The model RUN folder that made the predictions: sensitivity and "
+                                           "specificity (95% CI) at its stored operating points (sens90, "
+                                           "sens95), and its calibration for the ECE before calibration."),
 ) -> None:
     """Score predictions: patient and vertebra AUCs (95% bootstrap CI), sensitivity, specificity,
     precision, F1, accuracy, localization, the RSNA competition loss against a prevalence baseline,
-    attention alignment; ROC/PR/calibration plots and report.md."""
+    attention alignment; ROC/PR/calibration plots and report.md. With --model RUN: the stored operating
+    points and the expected calibration error before and after calibration (reliability.png)."""
     from cspine.ct.evaluate import evaluate as run
 
-    m = run(pred, labels, out, data_root=data, seed=seed)
+    m = run(pred, labels, out, data_root=data, seed=seed, model_dir=model)
     ci = m["patient_auc_ci95"] or [None, None]
     table = Table(title=f"cspine ct evaluate: {m['n_studies']} studies -> {out}")
     table.add_column("metric")
@@ -43,6 +48,17 @@ def evaluate(
     table.add_row("RSNA weighted log loss", _f(m["rsna_weighted_log_loss"], 4))
     table.add_row("prevalence baseline loss", _f(m["prevalence_baseline_log_loss"], 4))
     table.add_row("attention alignment", _f(m.get("attention_alignment")))
+    for name, levels in (m.get("operating_points") or {}).items():
+        for level, r in levels.items():
+            if r.get("threshold") is not None:
+                table.add_row(f"{name} {level}: threshold / sensitivity / specificity",
+                              f"{_f(r['threshold'])} / {_f(r['sensitivity'])} / {_f(r['specificity'])}")
+    cal = m.get("calibration") or {}
+    before, after = cal.get("ece_before") or {}, cal.get("ece_after") or {}
+    table.add_row("ECE patient before / after calibration", f"{_f(before.get('patient'))} / "
+                  f"{_f(after.get('patient'))}")
+    table.add_row("ECE vertebrae before / after calibration", f"{_f(before.get('vertebra'))} / "
+                  f"{_f(after.get('vertebra'))}")
     console = Console()
     console.print(table)
     if not m["beats_prevalence_baseline"]:

@@ -1,4 +1,4 @@
-"""``cspine ct predict``: a thin wrapper over :func:`cspine.ct.pipeline.predict_many`."""
+"""``cspine ct predict``: a thin wrapper over :func:`cspine.ct.inference.predict_many`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -20,17 +21,35 @@ def predict(
                                                          "each vertebra with p >= 0.5, under OUT/explain/."),
     test_csv: Path | None = typer.Option(None, "--test-csv", help="Order the submission as this test.csv "
                                                                   "(default: the RSNA root's)."),
+    operating_point: str | None = typer.Option(
+        None, "--operating-point", help="sens90, sens95 (stored with the model) or a threshold 0.NN: marks "
+                                        "each vertebra and the patient positive/negative. Default: sens90 "
+                                        "when the model stores operating points, none otherwise."),
+    dicom_out: Path | None = typer.Option(None, "--dicom-out", help="Write each study's DICOM SEG and SR "
+                                                                    "(TID 1500) into this folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files under cspine's output names "
+                                                              "that cspine did not write."),
 ) -> None:
     """Predict fracture probabilities for C1..C7 and the patient.
 
-    Writes OUT/predictions.csv, OUT/submission.csv (Kaggle format) and OUT/<UID>.json per study. A study
-    that fails is listed and skipped; the exit status is then 1 (rerun to retry: finished studies are
-    not recomputed).
+    Writes OUT/predictions.csv (with a status per study), OUT/submission.csv (Kaggle format) and
+    OUT/<UID>.json per study. A study that fails is listed and skipped; the exit status is then 1 (rerun
+    to retry: finished studies of the same model, input and options are not recomputed). cspine
+    replaces only files it wrote itself (--overwrite to force).
     """
-    from cspine.ct.pipeline import CtModel, predict_many
+    from cspine.ct.cls.operating_points import resolve_operating_point
+    from cspine.ct.inference import predict_many
+    from cspine.ct.model import CtModel
+    from cspine.ct.study_status import COMPLETE
+    from cspine.runtime import resolve_device
 
-    ct_model = CtModel.load(model, device=None if device == "auto" else device)
-    summary = predict_many(inputs, ct_model, out, explain=explain, test_csv=test_csv)
+    dev = resolve_device(device)  # a device this machine lacks fails before anything is read
+    ct_model = CtModel.load(model, device=str(dev))
+    stored = ct_model.operating_points()
+    spec = operating_point if operating_point is not None else ("sens90" if stored is not None else None)
+    op = None if spec is None else resolve_operating_point(spec, stored)
+    summary = predict_many(inputs, ct_model, out, explain=explain, test_csv=test_csv, operating_point=op,
+                           dicom_out=dicom_out, overwrite=overwrite)
     console = Console()
     table = Table(title=f"cspine ct predict -> {out}")
     for col in ("predicted now", "already done", "failed", "studies in predictions.csv"):
@@ -38,6 +57,24 @@ def predict(
     table.add_row(str(len(summary.predicted)), str(len(summary.resumed)),
                   f"[red]{len(summary.failed)}[/]" if summary.failed else "0", str(summary.n_studies))
     console.print(table)
+    counts: dict[str, int] = {}
+    for status in summary.statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    if summary.failed:
+        counts["failed"] = len(summary.failed)
+    console.print("status: " + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+    for uid, status in sorted(summary.statuses.items()):
+        if status != COMPLETE:
+            why = escape(summary.reasons.get(uid, ""))
+            console.print(f"[yellow]{escape(status)}[/] {escape(uid)}: {why}",
+                          highlight=False, soft_wrap=True)
+    if op is not None:
+        console.print(f"operating point {op.name} ({op.source}): vertebra >= {op.vertebra:.4g}, "
+                      f"patient >= {op.patient:.4g}", highlight=False)
+    if summary.left_out:
+        console.print(f"[yellow]{len(summary.left_out)} earlier result(s) in {escape(str(out))} come from "
+                      "another model or other options: left out of predictions.csv[/]", highlight=False,
+                      soft_wrap=True)
     if summary.missing_in_submission:
         console.print(f"[yellow]{len(summary.missing_in_submission)} test.csv studies have no prediction; "
                       "submission.csv gives them the training prior[/]")

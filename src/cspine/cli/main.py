@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from cspine import __version__
-from cspine.cli import ct, demo, synth, xray
+from cspine.cli import ct, demo, serve, synth, weights, xray
 from cspine.errors import CspineError
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(ct.app, name="ct", help="CT: prepare data, train, predict, evaluat
 app.add_typer(xray.app, name="xray", help="Radiographs: normal / fracture / dislocation.")
 app.add_typer(synth.app, name="synth", help="Synthetic phantom data: CT studies and radiographs.")
 app.command("demo", help=demo.__doc__)(demo.demo)
+app.command("serve")(serve.serve)
+app.command("weights", help=weights.weights.__doc__)(weights.weights)
 
 
 def _version(value: bool) -> None:
@@ -47,5 +49,5 @@ def main() -> None:
     try:
         app()
     except CspineError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

@@ -9,23 +9,32 @@ import typer
 
 app = typer.Typer(no_args_is_help=True)
 
-ARCH_HELP = "alexnet (227 px) or googlenet (224 px)."
+ARCH_HELP = "alexnet (227 px), googlenet (224 px) or efficientnet_lite0 (224 px)."
 
 
 @app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="A folder per class, or a CSV path,label[,patient_id]."),
-    arch: str = typer.Option("googlenet", "--arch", help=ARCH_HELP),
+    arch: str | None = typer.Option(None, "--arch", help=ARCH_HELP + " Default googlenet."),
     out: Path = typer.Option(..., "--out", help="The model folder to create."),
-    epochs: int = typer.Option(30, "--epochs", min=1),
-    batch_size: int = typer.Option(10, "--batch-size", min=1),
-    lr: float = typer.Option(0.001, "--lr", help="Initial learning rate (halved every 4 epochs)."),
-    lr_step: int = typer.Option(4, "--lr-step", min=1, help="Epochs between learning-rate steps."),
-    lr_gamma: float = typer.Option(0.5, "--lr-gamma", help="Learning-rate factor at each step."),
-    pretrained: str = typer.Option("none", "--pretrained",
-                                   help="none | imagenet (torchvision's local cache) | PATH to weights."),
-    finetune: str = typer.Option("all", "--finetune", help="all layers, or only the head."),
-    image_size: int = typer.Option(0, "--image-size", help="Input size; 0 = the paper's (227/224)."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="paper (SGD 0.001, batch 10, step every 4 epochs, 30 epochs, ImageNet) "
+                               "or cpu (frozen ImageNet Lite0 but its last stage, lr 0.01, 12 epochs). "
+                               "Options given explicitly override it."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default 30."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default 10."),
+    lr: float | None = typer.Option(None, "--lr", help="Initial learning rate (default 0.001)."),
+    lr_step: int | None = typer.Option(None, "--lr-step", min=1, help="Epochs between lr steps (4)."),
+    lr_gamma: float | None = typer.Option(None, "--lr-gamma", help="lr factor at each step (0.5)."),
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", help="none (default) | imagenet (Lite0: offline registry; AlexNet, GoogLeNet: "
+                                   "torchvision's local cache) | PATH.safetensors (pickles are refused)."),
+    finetune: str | None = typer.Option(None, "--finetune", help="all layers (default), or only the head."),
+    frozen_stages: int | None = typer.Option(
+        None, "--frozen-stages", min=0, help="efficientnet_lite0: freeze the stem and first N of 7 stages "
+                                             "(computed once per image; default 0)."),
+    image_size: int | None = typer.Option(None, "--image-size", min=0,
+                                          help="Input size; 0 = the architecture's (227/224)."),
     dropout: float = typer.Option(0.5, "--dropout"),
     hidden: int = typer.Option(512, "--hidden", help="Width of the first head layer."),
     augment: bool = typer.Option(False, "--augment/--no-augment",
@@ -44,18 +53,26 @@ def train(
                                          "(not the paper's AlexNet; without it SGD does not train it from "
                                          "scratch)."),
 ) -> None:
-    """Train AlexNet or GoogLeNet (SGD momentum 0.9, lr stepped every 4 epochs, cross-entropy)."""
+    """Train AlexNet, GoogLeNet or EfficientNet-Lite0 (SGD momentum 0.9, lr stepped, cross-entropy)."""
     from cspine.models.radiograph import XrayConfig
+    from cspine.xray.presets import preset_configs
     from cspine.xray.train import XrayTrainConfig, train_xray
 
+    model_kw, train_kw = preset_configs(preset) if preset else ({}, {})
+    given_model = {"arch": arch, "pretrained": pretrained, "finetune": finetune,
+                   "frozen_stages": frozen_stages}
+    model_kw.update({k: v for k, v in given_model.items() if v is not None})
+    if image_size is not None:
+        model_kw["image_size"] = image_size or None
+    given_train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_step": lr_step,
+                   "lr_gamma": lr_gamma}
+    train_kw.update({k: v for k, v in given_train.items() if v is not None})
     try:
-        mcfg = XrayConfig(arch=arch, image_size=image_size or None, dropout=dropout, hidden=hidden,
-                          pretrained=pretrained, finetune=finetune, batch_norm=batch_norm)
+        mcfg = XrayConfig(dropout=dropout, hidden=hidden, batch_norm=batch_norm, **model_kw)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    tcfg = XrayTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
-                           seed=seed, augment=augment, drop_duplicates=drop_duplicates,
-                           warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad)
+    tcfg = XrayTrainConfig(seed=seed, augment=augment, drop_duplicates=drop_duplicates,
+                           warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad, **train_kw)
     res = train_xray(data, out, mcfg, tcfg, device=device, resume=resume, splits_file=splits)
     typer.echo(f"best epoch {res.best_epoch}: validation accuracy {res.best_val_accuracy:.3f}; "
                f"model in {res.out}")

@@ -26,6 +26,20 @@ Definitions (all on the studies present in both files):
   (``ROOT/train_bounding_boxes.csv``; for its test studies the phantom writes
   ``test_bounding_boxes.csv``) and the ``<UID>.json`` files that ``predict`` writes beside
   predictions.csv; ``null`` where there are none.
+* ``operating_points`` (with ``--model RUN``): for each operating point stored with the model
+  (:mod:`cspine.ct.cls.operating_points`, chosen on its validation patients), the patient decision
+  ``patient_overall >= threshold`` and the pooled vertebra decision ``C_k >= threshold`` with
+  sensitivity and specificity and their 95% bootstrap CIs (patients resampled; at vertebra level
+  a patient's seven vertebrae are resampled together, as they are not independent).
+* ``calibration``: expected calibration error (10 equal-width bins, count-weighted) of the patient and
+  pooled vertebra probabilities as given (``after``: predictions.csv holds calibrated probabilities)
+  and ``before`` calibration. ``before`` needs the raw logits: a ``logit`` per vertebra in
+  ``<UID>.json`` when predict wrote one, else the calibration stored with ``--model RUN``
+  (``p = sigmoid(z / T + b)`` inverted exactly: ``z = T (logit(p) - b)``) for the vertebrae stage 2
+  classified (``present`` in ``<UID>.json``; a vertebra stage 1 missed carries the prior either way).
+  The uncalibrated patient probability is the model's pool (noisy-OR) of the uncalibrated vertebra
+  probabilities. Without either source ``before`` is ``null`` and ``calibration.note`` says why.
+  ``reliability.png`` draws both.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cspine.ct.cls.operating_points import OperatingPoints, load_operating_points
 from cspine.errors import DatasetError
 from cspine.fileio import read_json, write_json
 from cspine.labels import BOXES_CSV, PATIENT_OVERALL, STUDY_UID, TARGETS, TEST_BOXES_CSV, TRAIN_CSV, VERTEBRAE
@@ -47,7 +62,8 @@ from cspine.metrics.rsna import prevalence_baseline_loss, prevalences, rsna_weig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["attention_alignment", "compute_metrics", "evaluate", "read_predictions", "read_labels"]
+__all__ = ["attention_alignment", "calibration_errors", "compute_metrics", "evaluate",
+           "operating_point_metrics", "read_predictions", "read_labels", "uncalibrated_probabilities"]
 
 #: Box files looked for in ``--data ROOT`` (train boxes, and test boxes where a phantom wrote them).
 BOX_FILES = (BOXES_CSV, TEST_BOXES_CSV)
@@ -70,11 +86,40 @@ def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     return df.set_index(STUDY_UID)
 
 
+def _with_status(values: pd.DataFrame, status: pd.Series, path: Path) -> pd.DataFrame:
+    """Every study counts, as in the competition's metric: an empty cell (a vertebra stage 1 did not find,
+    or a whole study that failed or is not a cervical spine CT) is scored with the value submission.csv
+    beside predictions.csv holds for it (the training prior, :mod:`cspine.ct.outputs`). Only a study with
+    no such value is left out, with a warning (leaving out the studies a model fails on would flatter it).
+    """
+    incomplete = status.ne("complete").to_numpy()
+    if incomplete.any():
+        log.warning("%s: %d of %d studies not complete (%s); their empty cells are scored at "
+                    "submission.csv's prior", path, int(incomplete.sum()), len(status),
+                    ", ".join(f"{k}: {v}" for k, v in status.value_counts().items() if k != "complete"))
+    values = values.copy()
+    if values.isna().to_numpy().any():
+        sub_path = path.parent / "submission.csv"
+        if sub_path.is_file():
+            sub = pd.read_csv(sub_path, dtype={"row_id": str}).set_index("row_id")["fractured"]
+            for uid in values.index[values.isna().any(axis=1)]:
+                for t in TARGETS:
+                    if pd.isna(values.at[uid, t]) and f"{uid}_{t}" in sub.index:
+                        values.at[uid, t] = float(sub[f"{uid}_{t}"])
+    missing = values.isna().any(axis=1).to_numpy()
+    if missing.any():
+        log.warning("%s: %d studies have empty cells and no submission.csv value; left out", path,
+                    int(missing.sum()))
+    return values[~missing]
+
+
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """predictions.csv (StudyInstanceUID, C1..C7, patient_overall probabilities), indexed by UID."""
     path = Path(path)
     df = _read_csv(path, (STUDY_UID, *TARGETS), "predictions")
     values = df[list(TARGETS)].apply(pd.to_numeric, errors="coerce")
+    if "status" in df.columns:  # cspine ct predict's status (cspine.ct.outputs): see _with_status
+        values = _with_status(values, df["status"], path)
     bad = ~np.isfinite(values.to_numpy(dtype=np.float64)) | (values < 0).to_numpy() | (values > 1).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -234,8 +279,161 @@ def attention_alignment(pred_dir: Path, labels: pd.DataFrame, boxes: pd.DataFram
     }
 
 
+def _sens_spec(threshold: float) -> tuple[Any, Any]:
+    def sens(t: np.ndarray, s: np.ndarray) -> float:
+        return threshold_metrics(t, s, threshold).sensitivity
+
+    def spec(t: np.ndarray, s: np.ndarray) -> float:
+        return threshold_metrics(t, s, threshold).specificity
+
+    return sens, spec
+
+
+def _cluster_ci(y: np.ndarray, p: np.ndarray, metric: Any, seed: int, n_boot: int = N_BOOT
+                ) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``metric`` over ``(P, 7)`` vertebra arrays, resampling patients."""
+    if math.isnan(metric(y.ravel(), p.ravel())):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = []
+    for rows in rng.integers(0, y.shape[0], size=(n_boot, y.shape[0])):
+        v = metric(y[rows].ravel(), p[rows].ravel())
+        if not math.isnan(v):
+            values.append(v)
+    if len(values) < 10:
+        return math.nan, math.nan
+    low, high = np.quantile(np.asarray(values), [0.025, 0.975])
+    return float(low), float(high)
+
+
+def operating_point_metrics(y: np.ndarray, p: np.ndarray, points: OperatingPoints, seed: int = 0
+                            ) -> dict[str, Any]:
+    """Sensitivity and specificity (95% bootstrap CIs) at each stored operating point.
+
+    Args:
+        y: ``(n, 8)`` labels in TARGETS order; ``p``: probabilities in the same order.
+        points: the model's operating points.
+        seed: bootstrap seed.
+
+    Returns:
+        ``{name: {"patient": {...}, "vertebra": {...}}}``, each level with ``threshold``,
+        ``sensitivity``, ``sensitivity_ci95``, ``specificity``, ``specificity_ci95`` and the counts
+        (``None`` thresholds: the point is undefined and so are its numbers).
+    """
+    n_v = len(VERTEBRAE)
+    out: dict[str, Any] = {}
+    for name in points.names:
+        entry: dict[str, Any] = {}
+        for level, thr in (("patient", points.patient.get(name)), ("vertebra", points.vertebra.get(name))):
+            if thr is None:
+                entry[level] = {"threshold": None}
+                continue
+            sens, spec = _sens_spec(thr)
+            if level == "patient":
+                yt, pt = y[:, n_v], p[:, n_v]
+                sens_ci = bootstrap_ci(yt, pt, sens, n_boot=N_BOOT, seed=seed)
+                spec_ci = bootstrap_ci(yt, pt, spec, n_boot=N_BOOT, seed=seed)
+            else:
+                yt, pt = y[:, :n_v], p[:, :n_v]
+                sens_ci = _cluster_ci(yt, pt, sens, seed)
+                spec_ci = _cluster_ci(yt, pt, spec, seed)
+            tm = threshold_metrics(yt.ravel(), pt.ravel(), thr)
+            entry[level] = {"threshold": thr, "sensitivity": tm.sensitivity,
+                            "sensitivity_ci95": list(sens_ci), "specificity": tm.specificity,
+                            "specificity_ci95": list(spec_ci),
+                            "tp": tm.tp, "fp": tm.fp, "tn": tm.tn, "fn": tm.fn}
+        out[name] = entry
+    return out
+
+
+def _present_flags(uids: pd.Index, pred_dir: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Per study and vertebra: classified by stage 2 (``present``), and the raw ``logit`` when every
+    classified vertebra of every study has one; plus how many studies had a ``<UID>.json``."""
+    n_v = len(VERTEBRAE)
+    present = np.ones((len(uids), n_v), bool)
+    logits = np.full((len(uids), n_v), np.nan)
+    found = 0
+    for i, uid in enumerate(uids):
+        path = pred_dir / f"{uid}.json"
+        if not path.is_file():
+            continue
+        found += 1
+        verts = read_json(path).get("vertebrae", {})
+        for j, v in enumerate(VERTEBRAE):
+            d = verts.get(v) or {}
+            present[i, j] = bool(d.get("present", True))
+            if d.get("logit") is not None:
+                logits[i, j] = float(d["logit"])
+    complete = found == len(uids) and not np.isnan(logits[present]).any()
+    return present, logits if complete else None, found
+
+
+def uncalibrated_probabilities(p: np.ndarray, uids: pd.Index, pred_dir: Path, model_dir: Path | None
+                               ) -> tuple[np.ndarray | None, str]:
+    """The ``(n, 8)`` probabilities before calibration, and where they came from (see the module
+    docstring); ``(None, reason)`` when neither raw logits nor the model's calibration is available."""
+    from cspine.ct.cls.calibrate import Calibration, logit, pool_vertebrae, sigmoid
+
+    n_v = len(VERTEBRAE)
+    present, logits, found = _present_flags(uids, pred_dir)
+    pool, source = "noisy_or", ""
+    if model_dir is not None:
+        extra = _cls_config(model_dir).get("extra", {})
+        pool = str(extra.get("patient_pool", pool))
+    if logits is None and model_dir is not None:
+        cal = Calibration(**_cls_config(model_dir).get("extra", {}).get("calibration", {}))
+        logits = (logit(p[:, :n_v]) - cal.bias) * cal.temperature
+        source = (f"raw logits recovered from the calibrated probabilities with the model's calibration "
+                  f"(T={cal.temperature:.3f}, b={cal.bias:.3f})")
+        if found < len(uids):
+            source += (f"; {len(uids) - found} studies without <UID>.json: all their vertebrae taken "
+                       "as classified")
+    elif logits is not None:
+        source = "raw logits from <UID>.json"
+    if logits is None:
+        return None, ("raw logits unavailable (no 'logit' in <UID>.json and no --model RUN): ECE before "
+                      "calibration not computed; 'after' is the ECE of the probabilities as given")
+    raw = p.copy()
+    raw[:, :n_v] = np.where(present, sigmoid(np.nan_to_num(logits)), p[:, :n_v])
+    raw[:, n_v] = pool_vertebrae(raw[:, :n_v], pool)
+    return raw, source
+
+
+def calibration_errors(y: np.ndarray, p: np.ndarray, raw: np.ndarray | None, note: str) -> dict[str, Any]:
+    """ECE of patient and pooled vertebra probabilities after (as given) and before calibration."""
+    from cspine.reports.curves import calibration_bins
+
+    n_v = len(VERTEBRAE)
+
+    def ece(probs: np.ndarray) -> dict[str, float]:
+        return {"patient": float(calibration_bins(y[:, n_v], probs[:, n_v])["ece"]),
+                "vertebra": float(calibration_bins(y[:, :n_v].ravel(), probs[:, :n_v].ravel())["ece"])}
+
+    return {"ece_after": ece(p), "ece_before": None if raw is None else ece(raw), "n_bins": 10, "note": note}
+
+
+def _reliability_panels(y: np.ndarray, p: np.ndarray, raw: np.ndarray | None
+                        ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    n_v = len(VERTEBRAE)
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"patient": {}, "vertebrae (pooled)": {}}
+    for label, probs in (("before calibration", raw), ("after calibration", p)):
+        if probs is not None:
+            panels["patient"][label] = (y[:, n_v], probs[:, n_v])
+            panels["vertebrae (pooled)"][label] = (y[:, :n_v].ravel(), probs[:, :n_v].ravel())
+    return panels
+
+
+def _cls_config(model_dir: Path) -> dict[str, Any]:
+    folder = Path(model_dir)
+    path = folder / "config.json" if (folder / "config.json").is_file() else folder / "cls" / "config.json"
+    if not path.is_file():
+        raise DatasetError("--model: no stage-2 model here (expected RUN/cls/config.json)", model_dir)
+    return read_json(path)
+
+
 def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
-             data_root: Path | None = None, pred_dir: Path | None = None, seed: int = 0) -> dict[str, Any]:
+             data_root: Path | None = None, pred_dir: Path | None = None, seed: int = 0,
+             model_dir: Path | None = None) -> dict[str, Any]:
     """Score predictions against labels; write metrics.json, ROC/PR/calibration PNGs and report.md.
 
     Args:
@@ -246,15 +444,18 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
             bounding-box CSVs give ``attention_alignment``.
         pred_dir: where the ``<UID>.json`` files are (default: beside ``pred_csv``).
         seed: bootstrap seed.
+        model_dir: the model RUN folder (or ``RUN/cls``) that made the predictions: its stored
+            operating points are evaluated and its calibration gives the ECE before calibration.
 
     Returns:
         The metrics written to ``out/metrics.json`` (undefined values as ``None``).
 
     Raises:
-        DatasetError: unreadable or malformed CSVs, or no study in common.
+        DatasetError: unreadable or malformed CSVs, no study in common, or ``model_dir`` without a
+            stage-2 model.
     """
     from cspine.reports.ct_report import write_report
-    from cspine.reports.curves import plot_calibration, plot_pr, plot_roc
+    from cspine.reports.curves import plot_calibration, plot_pr, plot_reliability, plot_roc
 
     pred_csv, labels_csv, out = Path(pred_csv), Path(labels_csv), Path(out)
     pred = read_predictions(pred_csv)
@@ -274,14 +475,26 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
         if boxes is not None:
             alignment = attention_alignment(Path(pred_dir) if pred_dir else pred_csv.parent, labels, boxes)
     metrics.update(alignment)
-    metrics["inputs"] = {"predictions": str(pred_csv), "labels": str(labels_csv),
-                         "data_root": None if data_root is None else str(data_root)}
-    metrics = _nan_to_none(metrics)
-
-    out.mkdir(parents=True, exist_ok=True)
     uids = labels.index.intersection(pred.index)
     y = labels.loc[uids, list(TARGETS)].to_numpy(np.int8)
     p = pred.loc[uids, list(TARGETS)].to_numpy(np.float64)
+    points = None
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        _cls_config(model_dir)  # a clear error for a wrong --model before any work
+        points = load_operating_points(model_dir)
+    metrics["operating_points"] = None if points is None else operating_point_metrics(y, p, points, seed)
+    if model_dir is not None and points is None:
+        metrics["operating_points_note"] = "the model stores no operating points (trained before they were)"
+    json_dir = Path(pred_dir) if pred_dir else pred_csv.parent
+    raw, note = uncalibrated_probabilities(p, uids, json_dir, model_dir)
+    metrics["calibration"] = calibration_errors(y, p, raw, note)
+    metrics["inputs"] = {"predictions": str(pred_csv), "labels": str(labels_csv),
+                         "data_root": None if data_root is None else str(data_root),
+                         "model": None if model_dir is None else str(model_dir)}
+    metrics = _nan_to_none(metrics)
+
+    out.mkdir(parents=True, exist_ok=True)
     plots = {
         "roc": plot_roc({"patient": (y[:, -1], p[:, -1]), "vertebrae (pooled)": (y[:, :7].ravel(),
                                                                                  p[:, :7].ravel())},
@@ -296,6 +509,8 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
         "calibration_vertebrae": plot_calibration(y[:, :7].ravel(), p[:, :7].ravel(),
                                                   out / "calibration_vertebrae.png",
                                                   "Calibration: vertebrae (pooled)"),
+        "reliability": plot_reliability(_reliability_panels(y, p, raw), out / "reliability.png",
+                                        "Reliability before and after calibration"),
     }
     write_json(out / "metrics.json", metrics)
     write_report(metrics, out / "report.md", {k: v.name for k, v in plots.items()})

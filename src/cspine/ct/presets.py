@@ -39,10 +39,13 @@ def _seg_base(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(SegConfig fields, SegTrainConfig fields) of a preset."""
     if preset == "paper":
         # The RSNA runner-up's 2.5D U-Net: EfficientNet-B0 encoder, 256 px, 3 slices.
-        return (dict(backbone="efficientnet-b0", image_size=256, in_slices=3, z_spacing=2.0),
+        # ImageNet weights from smp's/timm's local cache (a machine that has them; nothing is downloaded).
+        return (dict(backbone="efficientnet-b0", pretrained="imagenet", image_size=256, in_slices=3,
+                     z_spacing=2.0),
                 dict(epochs=20, batch_size=16, slices_per_epoch=2048, lr=1e-3))
-    return (dict(backbone="tu-mobilenetv3_small_050", image_size=96, in_slices=3, z_spacing=3.0,
-                 decoder_channels=(32, 32, 16, 16, 16)),
+    # ImageNet EfficientNet-Lite0 encoder from the offline registry (cspine.registry.weights).
+    return (dict(backbone="tu-tf_efficientnet_lite0", pretrained="imagenet", image_size=96, in_slices=3,
+                 z_spacing=3.0, decoder_channels=(32, 32, 16, 16, 16)),
             dict(epochs=12, batch_size=8, slices_per_epoch=512, lr=3e-3))
 
 
@@ -50,12 +53,28 @@ def _cls_base(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ClsConfig fields, ClsTrainConfig fields) of a preset."""
     if preset == "paper":
         # The CT paper / RSNA winners: EfficientNetV2-S per slice, 24 slices, BiGRU + attention.
-        return (dict(backbone="tf_efficientnetv2_s", n_slices=24, k=3, image_size=224, gru_hidden=256,
-                     attn_dim=128, dropout=0.2),
+        return (dict(backbone="tf_efficientnetv2_s", pretrained="imagenet", n_slices=24, k=3, image_size=224,
+                     gru_hidden=256, attn_dim=128, dropout=0.2),
                 dict(epochs=15, batch_size=8, lr=3e-4))
-    return (dict(backbone="test_resnet", n_slices=16, k=3, image_size=48, gru_hidden=32, attn_dim=32,
-                 dropout=0.1),
-            dict(epochs=8, batch_size=8, lr=1e-3))
+    # ImageNet EfficientNet-Lite0 per slice, its first three block stages frozen and cached per crop
+    # (feature_cache.py): on 2 CPU cores an epoch then costs only the low-resolution rest.
+    return (dict(backbone="tf_efficientnet_lite0", pretrained="imagenet", frozen_stages=3, n_slices=12, k=3,
+                 image_size=64, gru_hidden=64, attn_dim=32, dropout=0.2, pixel_head=True),
+            dict(epochs=10, batch_size=8, lr=1e-3, backbone_lr_scale=0.3, prefix_variants=4, aux_weight=1.0))
+
+
+def _swap_backbone(model_kw: dict[str, Any], backbone: str | None) -> None:
+    """Put ``backbone`` in place of the preset's. The preset's weights and frozen stages belong to its own
+    backbone: another one takes ImageNet weights only where the offline registry has them, and nothing
+    frozen (explicit overrides, applied after this, still set either)."""
+    if not backbone or backbone == model_kw.get("backbone"):
+        return
+    from cspine.registry.weights import entry_for
+
+    model_kw["backbone"] = backbone
+    if model_kw.get("pretrained") == "imagenet" and entry_for(backbone) is None:
+        model_kw["pretrained"] = "none"
+    model_kw.pop("frozen_stages", None)
 
 
 def _given(**kwargs: Any) -> dict[str, Any]:
@@ -71,7 +90,8 @@ def seg_train_config(preset: str, *, epochs: int | None = None, batch_size: int 
 
     _check(preset)
     model_kw, train_kw = _seg_base(preset)
-    model_kw.update(_given(image_size=image_size, backbone=backbone))
+    _swap_backbone(model_kw, backbone)
+    model_kw.update(_given(image_size=image_size))
     train_fields = {f.name for f in dataclasses.fields(SegTrainConfig)}
     for key, value in model_overrides.items():
         (train_kw if key in train_fields else model_kw)[key] = value
@@ -85,7 +105,8 @@ def cls_train_config(preset: str, *, epochs: int | None = None, batch_size: int 
     """The stage-2 :class:`~cspine.ct.cls.train.ClsTrainConfig` of a preset, with overrides."""
     _check(preset)
     model_kw, train_kw = _cls_base(preset)
-    model_kw.update(_given(image_size=image_size, backbone=backbone))
+    _swap_backbone(model_kw, backbone)
+    model_kw.update(_given(image_size=image_size))
     train_fields = {f.name for f in dataclasses.fields(ClsTrainConfig)}
     for key, value in model_overrides.items():
         (train_kw if key in train_fields else model_kw)[key] = value

@@ -3,7 +3,9 @@
 :func:`read_series` is the entry point. It
 
 1. lists the files (a folder is searched recursively; a folder is one study, even with empty UIDs),
-2. reads their headers and skips what is not a usable image (:mod:`cspine.io.dicom_series`),
+2. reads their headers and skips what is not a usable image (:mod:`cspine.io.dicom_series`); a
+   multi-frame Enhanced CT / Legacy Converted Enhanced CT file gives one header per frame, read from its
+   functional groups (:mod:`cspine.io.dicom_enhanced`), and its frames are slices from then on,
 3. splits series by UID, SeriesNumber, size and orientation and chooses the axial CT series with the
    most images (``meta["series_choice"]`` says which and why),
 4. sorts the slices along the slice normal and checks spacing, duplicates, gaps and gantry tilt
@@ -37,6 +39,7 @@ from cspine.io.dicom_decode import (
     BACKENDS,
     check_decodable,
     decode_file_into,
+    decode_frames_into,
     decode_hu,
     read_slice_hu,
     resolve_backend,
@@ -70,28 +73,55 @@ def default_workers() -> int:
 _SHARED: dict[str, Any] = {}
 
 
+def _decode_items(items: Sequence[tuple[int, Header]], out: np.ndarray, backend: str) -> list[str]:
+    """Decode ``(index, header)`` items into ``out[index]``; the frames of a multi-frame file together."""
+    warns: list[str] = []
+    frames: dict[str, list[tuple[int, Header]]] = {}
+    for k, h in items:
+        if h.frame is not None:
+            frames.setdefault(h.path, []).append((k, h))
+            continue
+        warns += decode_file_into(h.path, out[k], backend=backend, syntax=h.syntax, slope=h.slope,
+                                  intercept=h.intercept, bits_stored=h.bits_stored, signed=h.signed)
+    for path, group in frames.items():
+        h0 = group[0][1]
+        warns += decode_frames_into(path, [h.frame for _, h in group], [out[k] for k, _ in group],  # type: ignore[misc]
+                                    backend=backend, syntax=h0.syntax, slopes=[h.slope for _, h in group],
+                                    intercepts=[h.intercept for _, h in group], bits_stored=h0.bits_stored,
+                                    signed=h0.signed)
+    return warns
+
+
 def _decode_chunk(args: tuple[str, tuple[int, int, int], list[tuple[int, Header]], str]) -> list[str]:
     """Worker: decode ``(index, header)`` items into the shared output file."""
     path, shape, items, backend = args
     if _SHARED.get("path") != path:  # map the output once per worker
         _SHARED.clear()
         _SHARED.update(path=path, arr=np.memmap(path, dtype=np.int16, mode="r+", shape=shape))
-    out = _SHARED["arr"]
-    warns: list[str] = []
-    for k, h in items:
-        warns += decode_file_into(h.path, out[k], backend=backend, syntax=h.syntax, slope=h.slope,
-                                  intercept=h.intercept, bits_stored=h.bits_stored, signed=h.signed)
-    return warns
+    return _decode_items(items, _SHARED["arr"], backend)
 
 
 def _decode_serial(headers: Sequence[Header], shape: tuple[int, int, int], backend: str
                    ) -> tuple[np.ndarray, list[str]]:
     out = np.empty(shape, np.int16)
-    warns: list[str] = []
+    return out, _decode_items(list(enumerate(headers)), out, backend)
+
+
+def _chunks(headers: Sequence[Header], workers: int) -> list[list[tuple[int, Header]]]:
+    """Work items for the pool: a few single-frame files each, or a share of one multi-frame file's frames
+    (each chunk parses its file's header once, so those chunks are larger)."""
+    single = [(k, h) for k, h in enumerate(headers) if h.frame is None]
+    # Small chunks keep every worker busy to the end; a few slices each amortise the IPC.
+    size = max(1, min(8, len(single) // (4 * workers)))
+    chunks = [single[i:i + size] for i in range(0, len(single), size)]
+    by_file: dict[str, list[tuple[int, Header]]] = {}
     for k, h in enumerate(headers):
-        warns += decode_file_into(h.path, out[k], backend=backend, syntax=h.syntax, slope=h.slope,
-                                  intercept=h.intercept, bits_stored=h.bits_stored, signed=h.signed)
-    return out, warns
+        if h.frame is not None:
+            by_file.setdefault(h.path, []).append((k, h))
+    for items in by_file.values():
+        size = max(8, -(-len(items) // workers))
+        chunks += [items[i:i + size] for i in range(0, len(items), size)]
+    return chunks
 
 
 def _shared_dir() -> str:
@@ -113,10 +143,7 @@ def _decode_parallel(pool: Any, headers: Sequence[Header], shape: tuple[int, int
         unlink = True
     try:
         os.ftruncate(fd, nbytes)
-        # Small chunks keep every worker busy to the end; a few slices each amortise the IPC.
-        items = list(enumerate(headers))
-        size = max(1, min(8, len(items) // (4 * workers)))
-        chunks = [(path, shape, items[i:i + size], backend) for i in range(0, len(items), size)]
+        chunks = [(path, shape, items, backend) for items in _chunks(headers, workers)]
         warns: list[str] = []
         for w in pool.imap_unordered(_decode_chunk, chunks):
             warns += w
@@ -134,10 +161,14 @@ def _pool(workers: int) -> Any:
 
 
 # --- the reader -----------------------------------------------------------------------------------
-def _same_pixels(a: Header, b: Header) -> bool:
-    import pydicom
+def _image_hu(h: Header) -> np.ndarray:
+    out = np.empty((1, h.rows, h.cols), np.int16)
+    _decode_items([(0, h)], out, "pydicom")
+    return out[0]
 
-    return bool(np.array_equal(decode_hu(pydicom.dcmread(a.path)), decode_hu(pydicom.dcmread(b.path))))
+
+def _same_pixels(a: Header, b: Header) -> bool:
+    return bool(np.array_equal(_image_hu(a), _image_hu(b)))
 
 
 def _summarise_skipped(skipped: dict[str, list[str]]) -> list[str]:
@@ -158,15 +189,18 @@ def read_series(source: str | Path | Sequence[str | Path], *, workers: int | Non
         workers: processes decoding in parallel (default: the cores available; 1 = in this process).
         backend: ``"auto"``, ``"pydicom"``, ``"gdcm"`` or ``"dicomsdl"`` (see :mod:`cspine.io.dicom_decode`).
         modality: the modality to read (``None``: any; HU then means the rescaled stored values).
-        on_gap: ``"error"`` or ``"resample"`` when slices are missing or unevenly spaced.
-        on_tilt: ``"error"`` or ``"resample"`` for a gantry-tilted (sheared) stack.
+        on_gap: ``"error"`` or ``"resample"`` (onto the finest step acquired) when slices are missing
+            or unevenly spaced.
+        on_tilt: ``"error"`` or ``"resample"`` (onto an enlarged orthogonal grid) for a gantry-tilted
+            (sheared) stack.
 
     Returns:
         A volume with int16 HU ``(Z, Y, X)``, slices ascending along the slice normal, an LPS affine,
         one :class:`SliceInfo` per slice, and ``meta`` holding StudyInstanceUID, SeriesInstanceUID,
         SeriesNumber, Modality, SeriesDescription, ``series_choice``, ``series_found``,
         ``slice_thickness_tag``, ``spacing_from_positions``, ``transfer_syntaxes``, ``backend``,
-        ``gantry_tilt_degrees`` and ``warnings`` -- never patient identifiers.
+        ``gantry_tilt_degrees``, ``tilt_padding_pixels`` (rows and columns added before/after the stored
+        ones by tilt correction) and ``warnings`` -- never patient identifiers.
 
     Raises:
         DicomError: nothing readable, no series of the modality, or a slice that fails to decode.
@@ -211,7 +245,10 @@ def read_series(source: str | Path | Sequence[str | Path], *, workers: int | Non
             pool.join()
     warns += sorted(set(decode_warns))[:5]
     hu = apply_plan(hu, plan, HU_MIN)
-    infos = [SliceInfo(h.path, h.instance_number, h.sop_instance_uid or None) for h in plan.headers]
+    offsets = ([None] * len(plan.headers) if plan.shifts is None else
+               [(round(float(r), 4), round(float(c), 4)) for r, c in plan.shifts])
+    infos = [SliceInfo(h.path, h.instance_number, h.sop_instance_uid or None, h.frame, off)
+             for h, off in zip(plan.headers, offsets, strict=True)]
     if plan.blend is not None:
         infos = [infos[p[0][0]] if len(p) == 1 else SliceInfo() for p in plan.blend]
     for w in warns:
@@ -229,6 +266,7 @@ def read_series(source: str | Path | Sequence[str | Path], *, workers: int | Non
         "slice_thickness_tag": first.slice_thickness,
         "spacing_from_positions": plan.step,
         "gantry_tilt_degrees": plan.tilt_degrees,
+        "tilt_padding_pixels": [list(p) for p in plan.padding],
         "transfer_syntaxes": [f"{s} ({syntax_name(s)})" for s in syntaxes],
         "backend": sorted({resolve_backend(backend, s) for s in syntaxes}),
         "n_files": len(files),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,17 @@ def decode_hu(ds: Any, *, backend: str = "pydicom", path: str | Path | None = No
     check_decodable(syntax, path or "<dataset>")
     try:
         arr = _pydicom_stored(ds, "gdcm" if backend == "gdcm" else "pydicom")
+        if arr.ndim != 2:
+            raise DicomError(f"expected one grey-level frame, got pixel array of shape {arr.shape}")
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        arr = fix_stored_bits(arr, int(ds.get("BitsStored", 0) or 0), signed)
+        slope, intercept = _rescale(ds)
+        return stored_to_hu(arr, slope, intercept)
     except DicomError as exc:
         raise DicomError(str(exc), path) from exc
-    if arr.ndim != 2:
-        raise DicomError(f"expected one grey-level frame, got pixel array of shape {arr.shape}", path)
-    arr = fix_stored_bits(arr, int(ds.get("BitsStored", 0) or 0), int(ds.get("PixelRepresentation", 0)) == 1)
-    slope, intercept = _rescale(ds)
-    return stored_to_hu(arr, slope, intercept)
+    except Exception as exc:  # decoders and value parsers raise anything on a damaged file
+        raise DicomError(f"could not decode pixel data ({type(exc).__name__}: {str(exc)[:200]}); the file "
+                         "may be truncated or corrupt", path) from exc
 
 
 def decode_file_into(path: str | Path, out: np.ndarray, *, backend: str, syntax: str, slope: float,
@@ -211,6 +216,44 @@ def decode_file_into(path: str | Path, out: np.ndarray, *, backend: str, syntax:
     return warns
 
 
+def decode_frames_into(path: str | Path, frames: Sequence[int], outs: Sequence[np.ndarray], *, backend: str,
+                       syntax: str, slopes: Sequence[float], intercepts: Sequence[float], bits_stored: int,
+                       signed: bool) -> list[str]:
+    """Decode frames ``frames`` (0-based) of the multi-frame file at ``path`` into ``outs`` (int16 HU).
+
+    The file is opened once; only the requested frames are decoded (pydicom's ``iter_pixels``; dicomsdl is
+    not used for multi-frame files). Each frame has its own rescale (``slopes``, ``intercepts``), as the
+    per-frame functional groups allow. Raises :class:`DicomError` naming the file when decoding fails.
+    """
+    from pydicom.pixels import iter_pixels
+
+    order = sorted(range(len(frames)), key=lambda i: frames[i])
+    indices = [int(frames[i]) for i in order]
+    plugins = [""] if syntax in NATIVE_SYNTAXES else (
+        ["gdcm", ""] if backend == "gdcm" else ["pylibjpeg", "gdcm", ""])
+    errors: list[str] = []
+    warns: list[str] = []
+    for plugin in plugins:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for i, arr in zip(order, iter_pixels(str(path), indices=indices, decoding_plugin=plugin),
+                                  strict=True):
+                    if arr.shape != outs[i].shape:
+                        raise DicomError(f"decoded frame {frames[i] + 1} has shape {arr.shape}, expected "
+                                         f"{outs[i].shape}", path)
+                    stored = fix_stored_bits(arr, bits_stored, signed)
+                    stored_to_hu(stored, slopes[i], intercepts[i], out=outs[i])
+            warns += [f"{path}: {w.message}" for w in caught][:3]
+            return warns
+        except DicomError:
+            raise
+        except Exception as exc:  # decoders raise anything from RuntimeError to struct.error
+            errors.append(f"{plugin or 'default'}: {type(exc).__name__}: {exc}")
+    raise DicomError("could not decode the frames' pixel data (" + "; ".join(errors)[:400]
+                     + "); the file may be truncated or corrupt", path)
+
+
 def read_slice_hu(path: str | Path, *, backend: str = "pydicom") -> tuple[np.ndarray, list[str]]:
     """Read one DICOM image file to int16 HU, with the warnings raised while parsing it.
 
@@ -226,10 +269,16 @@ def read_slice_hu(path: str | Path, *, backend: str = "pydicom") -> tuple[np.nda
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, EOFError) as exc:
             raise DicomError(f"not a readable DICOM file ({exc})", path) from exc
-        for elem in ds.iterall():  # convert every value now, so broken ones are reported here
-            try:
-                elem.value  # noqa: B018
-            except Exception as exc:  # noqa: BLE001 - any parse failure becomes a warning
-                warnings.warn(f"element {elem.tag} cannot be parsed ({exc})", stacklevel=1)
+        except Exception as exc:  # pydicom raises many kinds on a damaged header
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise DicomError(f"not a readable DICOM file ({why})", path) from exc
+        try:
+            for elem in ds.iterall():  # convert every value now, so broken ones are reported here
+                try:
+                    elem.value  # noqa: B018
+                except Exception as exc:  # noqa: BLE001 - any parse failure becomes a warning
+                    warnings.warn(f"element {elem.tag} cannot be parsed ({exc})", stacklevel=1)
+        except Exception as exc:  # noqa: BLE001 - a damaged sequence stops the walk, not the read
+            warnings.warn(f"the header cannot be walked to its end ({type(exc).__name__})", stacklevel=1)
         hu = decode_hu(ds, backend=backend, path=path)
     return hu, [f"{path}: {w.message}" for w in caught]

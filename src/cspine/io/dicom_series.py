@@ -2,8 +2,12 @@
 
 Defined behaviours (each tested in tests/io/test_dicom_series.py):
 
-* non-DICOM, unreadable or truncated files, files without PixelData, multi-frame or colour images,
-  images without ImagePositionPatient/ImageOrientationPatient: skipped with a warning;
+* non-DICOM, unreadable or truncated files, files without PixelData, colour images, images without
+  ImagePositionPatient/ImageOrientationPatient, multi-frame files without functional groups: skipped
+  with a warning;
+* multi-frame images with functional groups (Enhanced CT, Legacy Converted Enhanced CT, ...): one
+  :class:`Header` per frame, read from the per-frame and shared functional groups
+  (:mod:`cspine.io.dicom_enhanced`); from there on a frame is a slice like any other;
 * localizers (ImageType contains LOCALIZER) and secondary captures (SOP class 1.2.840.10008.5.1.4.1.1.7*):
   ignored with a warning;
 * series are split by StudyInstanceUID, SeriesInstanceUID, SeriesNumber, image size *and* orientation
@@ -59,6 +63,18 @@ class Header:
     slice_thickness: float | None
     frame_of_reference: str
     warnings: tuple[str, ...] = ()
+    #: Frame index (0-based) in a multi-frame file; None for a single-frame image.
+    frame: int | None = None
+
+    @property
+    def image_key(self) -> tuple[str, int | None]:
+        """Identifies one image: its SOPInstanceUID and, in a multi-frame file, its frame."""
+        return self.sop_instance_uid, self.frame
+
+    @property
+    def where(self) -> str:
+        """The file, and the frame in a multi-frame file, for messages."""
+        return self.path if self.frame is None else f"{self.path} (frame {self.frame + 1})"
 
     @property
     def normal(self) -> np.ndarray:
@@ -133,6 +149,28 @@ def _pixels_truncated(path: str, ds: object) -> bool:
         return _SEQ_DELIMITER not in f.read()
 
 
+def _pixel_module_problem(ds: object, get, n_frames: int) -> str | None:  # noqa: ANN001
+    """What makes the Image Pixel module unusable (a decoder would fail, or crash, on it), or None."""
+    rows, cols = _int(get("Rows")), _int(get("Columns"))
+    if not rows or not cols or rows < 0 or cols < 0:
+        return f"invalid image size (Rows {get('Rows')}, Columns {get('Columns')})"
+    bits_alloc, bits_stored = _int(get("BitsAllocated")), _int(get("BitsStored"))
+    if bits_alloc not in (8, 16, 32):
+        return f"BitsAllocated {bits_alloc} is not 8, 16 or 32 (missing or damaged Image Pixel module)"
+    if bits_stored is not None and not 0 < bits_stored <= bits_alloc:
+        return f"BitsStored {bits_stored} does not fit BitsAllocated {bits_alloc}"
+    if _int(get("PixelRepresentation")) not in (None, 0, 1):
+        return f"PixelRepresentation {get('PixelRepresentation')} is not 0 or 1"
+    raw = ds._dict.get(0x7FE00010)  # type: ignore[attr-defined]
+    length = getattr(raw, "length", None)
+    if length is not None and length != 0xFFFFFFFF:  # native: the value holds every frame
+        expected = rows * cols * (bits_alloc // 8) * max(1, n_frames)
+        if length < expected:
+            return (f"pixel data holds {length} bytes, Rows x Columns x frames need {expected} (damaged "
+                    "header or truncated data)")
+    return None
+
+
 _INT_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 
 
@@ -171,8 +209,9 @@ def _fast_getter(ds: object):  # noqa: ANN202 - returns get(keyword, default)
     return get
 
 
-def read_header(path: str, *, fast: bool = True) -> Header | tuple[str, str]:
-    """The :class:`Header` of one file, or ``(skip reason, path)`` when it cannot be used."""
+def read_header(path: str, *, fast: bool = True) -> Header | list[Header] | tuple[str, str]:
+    """The :class:`Header` of one file (a list of them, one per frame, for a multi-frame file), or
+    ``(skip reason, path)`` when it cannot be used."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -202,16 +241,20 @@ def read_header(path: str, *, fast: bool = True) -> Header | tuple[str, str]:
                 return "localizer (ImageType LOCALIZER)", path
             if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
                 return "secondary capture", path
-            if (_int(get("NumberOfFrames")) or 1) > 1:
-                return "multi-frame image (enhanced CT is not supported)", path
+            n_frames = _int(get("NumberOfFrames")) or 1
             if (_int(get("SamplesPerPixel")) or 1) != 1:
                 return "colour image", path
             ipp = _floats(get("ImagePositionPatient"), 3)
             iop = _floats(get("ImageOrientationPatient"), 6)
+            if n_frames > 1:
+                ipp, iop = ipp or (0.0, 0.0, 0.0), iop or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # per frame below
             if ipp is None or iop is None:
                 return "no ImagePositionPatient/ImageOrientationPatient", path
             if _pixels_truncated(path, ds):
                 return "truncated pixel data", path
+            problem = _pixel_module_problem(ds, get, n_frames)
+            if problem is not None:
+                return problem, path
             slope, intercept = get("RescaleSlope", None), get("RescaleIntercept", None)
             thickness = get("SliceThickness", None)
             header = Header(
@@ -239,6 +282,10 @@ def read_header(path: str, *, fast: bool = True) -> Header | tuple[str, str]:
                 frame_of_reference=str(get("FrameOfReferenceUID", "") or ""),
                 warnings=tuple(dict.fromkeys(str(w.message)[:160] for w in caught)),
             )
+            if n_frames > 1:
+                from cspine.io.dicom_enhanced import frame_headers
+
+                return frame_headers(ds, header, n_frames)
         except Exception as exc:  # a broken element deep in the header  # noqa: BLE001
             return f"unreadable header ({type(exc).__name__})", path
     return header
@@ -250,6 +297,8 @@ def scan(files: Sequence[str], map_fn=map) -> ScanResult:  # noqa: ANN001 - map 
     for item in map_fn(read_header, files):
         if isinstance(item, Header):
             result.headers.append(item)
+        elif isinstance(item, list):  # the frames of a multi-frame file
+            result.headers.extend(item)
         else:
             result.skip(*item)
     return result

@@ -35,6 +35,10 @@ ZYX_TO_IJK = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], 
 _CHUNK_VOXELS = 1 << 20
 # Relative size below which an affine entry counts as zero (axis-aligned fast path).
 _AXIS_TOL = 1e-6
+#: Float labels further than this from an integer are not labels (rounding noise stays below it).
+NON_INTEGER_TOL = 0.01
+#: Two grids' axes further apart than this (degrees) are not the same grid.
+GRID_ANGLE_TOL_DEG = 1.0
 
 
 def lps_affine_from_nifti(affine_ras: np.ndarray) -> np.ndarray:
@@ -59,6 +63,10 @@ def _load(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise NiftiError(f"expected a 3-D image, got shape {shape}", path)
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-12:
         raise NiftiError("the header's affine is singular or not finite", path)
+    sizes = np.linalg.norm(img.affine[:3, :3], axis=0)
+    if sizes.min() < 1e-3 or sizes.max() > 1e4 or np.linalg.cond(img.affine[:3, :3] / sizes) > 1e3:
+        raise NiftiError(f"the header's affine is degenerate (voxel size {np.round(sizes, 6).tolist()} mm, "
+                         "or axes nearly parallel)", path)
     return img
 
 
@@ -79,15 +87,25 @@ def read_nifti_volume(path: str | Path) -> Volume:
         NiftiError: missing, unreadable or non-3-D file.
     """
     img = _load(path)
-    data = np.asanyarray(img.dataobj)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # a truncated or corrupt data block: nibabel raises many kinds
+        raise NiftiError(f"cannot read the image data ({type(exc).__name__}: {exc})", path) from exc
+    warns: list[str] = []
+    n_nan = 0
     if np.issubdtype(data.dtype, np.floating):
-        data = np.rint(np.nan_to_num(data, nan=HU_MIN))
+        n_nan = int(np.isnan(data).sum())
+        if n_nan:
+            warns.append(f"{n_nan} NaN voxel(s) in the file, set to {HU_MIN} HU")
+        data = np.rint(np.nan_to_num(data, nan=HU_MIN, posinf=HU_MAX, neginf=HU_MIN))
     hu = np.clip(data, HU_MIN, HU_MAX).astype(np.int16)
     hu = np.ascontiguousarray(hu.transpose(2, 1, 0))
     meta = {
         "Modality": "CT",
         "source_format": "NIfTI",
-        "nifti_orientation": "".join(nib.aff2axcodes(img.affine)),
+        "nifti_orientation": "".join(c or "?" for c in nib.aff2axcodes(img.affine)),
+        "nan_voxels": n_nan,
+        "warnings": warns,
     }
     return Volume(hu, lps_affine_from_nifti(img.affine), (), meta)
 
@@ -100,7 +118,10 @@ def _integer_labels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     k-slab, so a float64 copy of a large mask never exists whole.
     """
     proxy = img.dataobj
-    raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+    try:
+        raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+    except Exception as exc:  # a truncated or corrupt data block: nibabel raises many kinds
+        raise NiftiError(f"cannot read the mask's data ({type(exc).__name__}: {exc})", path) from exc
     slope = float(getattr(proxy, "slope", 1.0))
     inter = float(getattr(proxy, "inter", 0.0))
     scaled = slope != 1.0 or inter != 0.0
@@ -116,7 +137,19 @@ def _integer_labels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
         chunk = raw[:, :, k0:k0 + step].astype(np.float64)
         if scaled:
             chunk = chunk * slope + inter
-        chunk = np.rint(np.nan_to_num(chunk, nan=0.0))
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            n_nan = int(np.isnan(chunk).sum())
+            what = f"{n_nan} NaN (not-a-number)" if n_nan else f"{int((~finite).sum())} infinite"
+            raise NiftiError(f"{what} voxel value(s) from slice k={k0 + int(np.argwhere(~finite)[0][2])} on; "
+                             "a label mask holds integer labels only", path)
+        rounded = np.rint(chunk)
+        off = np.abs(chunk - rounded)
+        if off.size and float(off.max()) > NON_INTEGER_TOL:
+            bad = float(chunk.flat[int(np.argmax(off))])
+            raise NiftiError(f"non-integer label value {bad:g} (a label mask holds integers; is this an "
+                             "image rather than a mask?)", path)
+        chunk = rounded
         if chunk.size and (chunk.min() < 0 or chunk.max() > limit):
             raise NiftiError(
                 f"label mask values must lie in 0..65535, found {chunk.min():g}..{chunk.max():g}", path)
@@ -140,6 +173,53 @@ def _nearest(coord: np.ndarray) -> np.ndarray:
     return np.floor(coord + 0.5).astype(np.int64)
 
 
+def read_label_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A label NIfTI's voxels as unsigned integers ``(i, j, k)`` and its affine (voxel -> RAS).
+
+    Raises:
+        NiftiError: unreadable or non-3-D file, NaN/infinite or non-integer values, labels that are
+            negative or beyond 65535.
+    """
+    path = Path(path)
+    img = _load(path)
+    return _integer_labels(img, path), np.asarray(img.affine, np.float64)
+
+
+def grid_mismatch(affine: np.ndarray, shape: tuple[int, ...], volume: Volume,
+                  slack_voxels: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str | None:
+    """Why a label grid (NIfTI ``affine``, voxel shape ``shape``) is not the grid of ``volume``, or None.
+
+    The grids match when the mask's axes run along the volume's (within
+    :data:`GRID_ANGLE_TOL_DEG`) and its field of view -- the box spanned by its first and last voxel
+    centres -- coincides with the volume's along every axis within half a voxel of the coarser grid
+    (plus ``slack_voxels`` of the volume, e.g. the rows and columns tilt correction added). A mask drawn
+    on the same series therefore matches whatever its storage order, orientation or (isotropic)
+    resampling; a mask of another study, a cropped or padded mask, or one with a lost header does not.
+    """
+    vol_dirs = volume.affine[:3, :3] / np.linalg.norm(volume.affine[:3, :3], axis=0)
+    lin = RAS_TO_LPS[:3, :3] @ np.asarray(affine, np.float64)[:3, :3]  # mask index -> LPS
+    mask_sizes = np.linalg.norm(lin, axis=0)
+    cosines = np.abs((lin / mask_sizes).T @ vol_dirs)  # mask axis x volume axis
+    worst = float(np.degrees(np.arccos(np.clip(cosines.max(axis=1).min(), -1.0, 1.0))))
+    if worst > GRID_ANGLE_TOL_DEG:
+        return f"its axes are rotated by {worst:.1f} degrees against the CT's"
+    to_vol = np.linalg.inv(volume.affine) @ RAS_TO_LPS @ np.asarray(affine, np.float64)  # mask idx -> vol idx
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)])
+    in_vol = corners @ to_vol.T
+    vol_sizes = np.linalg.norm(volume.affine[:3, :3], axis=0)
+    axis_of = cosines.argmax(axis=0)  # the mask axis along each volume axis
+    names = ("slice", "row", "column")
+    for v in range(3):
+        lo, hi = float(in_vol[:, v].min()), float(in_vol[:, v].max())
+        tol = 0.5 * max(1.0, mask_sizes[axis_of[v]] / vol_sizes[v]) + slack_voxels[v] + 1e-3
+        n = volume.shape[v]
+        if abs(lo) > tol or abs(hi - (n - 1)) > tol:
+            return (f"along the CT's {names[v]} axis it covers voxels {lo:.1f}..{hi:.1f} of the CT's "
+                    f"0..{n - 1} (mask shape {tuple(int(x) for x in shape)}, CT shape {volume.shape})")
+    return None
+
+
 def load_mask_on_grid(path: str | Path, volume: Volume, *, _force_general: bool = False) -> np.ndarray:
     """Map a label NIfTI onto ``volume``'s voxel grid through both affines (nearest neighbour).
 
@@ -155,13 +235,18 @@ def load_mask_on_grid(path: str | Path, volume: Volume, *, _force_general: bool 
         ``uint8`` (or ``uint16`` for labels above 255) array of ``volume.shape``.
 
     Raises:
-        NiftiError: unreadable file, or labels that are negative or beyond 65535.
+        NiftiError: unreadable file, NaN or non-integer values, or labels that are negative or beyond
+            65535.
     """
-    path = Path(path)
-    img = _load(path)
-    labels = _integer_labels(img, path)
+    labels, affine = read_label_file(path)
+    return map_labels_on_grid(labels, affine, volume, _force_general=_force_general)
+
+
+def map_labels_on_grid(labels: np.ndarray, affine: np.ndarray, volume: Volume, *,
+                       _force_general: bool = False) -> np.ndarray:
+    """Map integer labels ``(i, j, k)`` with NIfTI ``affine`` onto ``volume``'s grid (nearest neighbour)."""
     # volume index (z, y, x, 1) -> LPS -> RAS -> mask index (i, j, k, 1)
-    m = np.linalg.inv(np.asarray(img.affine, np.float64)) @ RAS_TO_LPS @ volume.affine
+    m = np.linalg.inv(np.asarray(affine, np.float64)) @ RAS_TO_LPS @ volume.affine
     out_shape = volume.shape
     axes = None if _force_general else _axis_map(m)
     if axes is not None:

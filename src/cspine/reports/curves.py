@@ -25,7 +25,8 @@ from cspine.metrics.binary import auc, average_precision, pr_curve, roc_curve  #
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plot_calibration", "plot_confusion", "plot_pr", "plot_roc", "calibration_bins"]
+__all__ = ["plot_calibration", "plot_confusion", "plot_pr", "plot_reliability", "plot_roc",
+           "calibration_bins"]
 
 _DPI = 110
 
@@ -135,6 +136,35 @@ def plot_calibration(y_true: Any, y_prob: Any, path: str | Path, title: str = "C
     axh.hist(np.clip(np.asarray(y_prob, dtype=np.float64).ravel(), 0, 1), bins=n_bins, range=(0, 1),
              color="0.5")
     axh.set(xlabel="predicted probability", ylabel="count")
+    return _save(fig, path)
+
+
+def plot_reliability(panels: Mapping[str, Mapping[str, tuple[Any, Any]]], path: str | Path,
+                     title: str = "Reliability", n_bins: int = 10) -> Path:
+    """Reliability diagrams side by side, several probability sets per panel (e.g. before and after
+    calibration), each labelled with its expected calibration error.
+
+    Args:
+        panels: ``{panel title: {curve label: (y_true, y_prob)}}``; an empty panel says so.
+        path: the PNG to write.
+        title: the figure title.
+        n_bins: number of equal-width bins (as :func:`calibration_bins`).
+    """
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.6), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items(), strict=False):
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
+        for label, (y_true, y_prob) in curves.items():
+            bins = calibration_bins(y_true, y_prob, n_bins)
+            ax.plot(bins["mean_predicted"], bins["observed"], marker="o", lw=1.6,
+                    label=f"{label} (ECE {float(bins['ece']):.3f})")
+        if not curves:
+            ax.text(0.5, 0.5, "no probabilities", ha="center", va="center")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="mean predicted probability",
+               ylabel="observed fraction positive", title=name)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

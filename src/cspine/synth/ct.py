@@ -169,7 +169,7 @@ def generate_ct_dataset(
         n_studies: Training studies.
         n_test: Test studies (labels in ``test_labels.csv``).
         seed: Everything follows from it.
-        size: In-plane matrix (slices: :func:`cspine.synth.phantom.default_slices`).
+        size: In-plane matrix (slices: :func:`cspine.synth.layout.default_slices`).
         workers: Processes generating studies in parallel.
         progress: Show a progress bar.
     """

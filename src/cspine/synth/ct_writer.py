@@ -211,7 +211,7 @@ def write_ct_series(
     return plan.written
 
 
-def _write_ct_series_pydicom(
+def write_ct_series_reference(
     volume: Volume | object,
     folder: str | Path,
     options: SeriesOptions | None = None,
@@ -222,9 +222,16 @@ def _write_ct_series_pydicom(
     verify: bool = True,
     verify_every: int = 1,
 ) -> WrittenSeries:
-    """:func:`write_ct_series` the slow, obviously right way: one pydicom ``save_as`` per slice.
+    """The reference implementation of :func:`write_ct_series`: one pydicom ``save_as`` per slice.
 
-    The reference the tests and ``bench/writer.py`` compare the pre-encoded header path with.
+    Slow and obviously right: each file is a pydicom dataset saved whole (JPEG lossless through GDCM
+    from a raw temporary file). :func:`write_ct_series` encodes a series' constant elements once and
+    must write byte-identical files; the tests compare the two file by file and ``bench/writer.py``
+    times one against the other. Same arguments and result as :func:`write_ct_series`.
+
+    Example:
+        >>> from cspine.synth.phantom import make_phantom  # doctest: +SKIP
+        >>> write_ct_series_reference(make_phantom(0, size=64), "out/ref")  # doctest: +SKIP
     """
     plan = _plan_series(volume, folder, options, study_uid, uid_seed, extra, verify, verify_every)
     for s in plan.slices:
@@ -233,7 +240,7 @@ def _write_ct_series_pydicom(
         ds.InstanceNumber = s.number
         ds.ImagePositionPatient = s.ipp
         ds.SliceLocation = s.location
-        _write_slice_pydicom(ds, s.stored, plan.syntax, s.path, s.verify)
+        _write_slice_reference(ds, s.stored, plan.syntax, s.path, s.verify)
     return plan.written
 
 
@@ -360,7 +367,7 @@ class _SeriesTemplate:
     A file is: preamble, ``DICM``, file meta (its group length recomputed because the instance UID's
     length can change), then the dataset runs interleaved with SOPInstanceUID, InstanceNumber,
     ImagePositionPatient, SliceLocation and PixelData. The result is byte-identical to what
-    :func:`_write_slice_pydicom` writes (the tests compare them file by file).
+    :func:`write_ct_series_reference` writes (the tests compare them file by file).
     """
 
     def __init__(self, base: Dataset, syntax: str, opts: SeriesOptions) -> None:
@@ -458,7 +465,7 @@ def _verify(tmp: Path, stored: np.ndarray, syntax: str, path: Path) -> None:
         raise CspineError(f"encoded slice does not decode to the same values ({syntax})", path)
 
 
-def _write_slice_pydicom(ds: Dataset, stored: np.ndarray, syntax: str, path: Path, verify: bool) -> None:
+def _write_slice_reference(ds: Dataset, stored: np.ndarray, syntax: str, path: Path, verify: bool) -> None:
     """The reference slice writer: pydicom ``save_as`` (JPEG lossless: GDCM from a raw temporary file)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID

@@ -122,6 +122,7 @@ def _patient(seed: int, label: str, swelling: bool | None = None):  # noqa: ANN2
     """
     from cspine.synth import phantom as ph
     from cspine.synth.fractures import Fracture
+    from cspine.synth.layout import layout_study
 
     rng = np.random.default_rng([seed, 31])
     fractures, dislocation = [], None
@@ -129,7 +130,7 @@ def _patient(seed: int, label: str, swelling: bool | None = None):  # noqa: ANN2
     swelling = label != "normal" and (drawn if swelling is None else swelling)
     kyphosis = 0.0
     if label == "fracture":
-        probe = ph._layout(seed, DRR_SIZE, DRR_SLICES, [], None)
+        probe = layout_study(seed, DRR_SIZE, DRR_SLICES, [], None)
         fractures = _visible_fractures(rng, probe.shapes)
         main = fractures[0]
         if main.kind == "wedge":

@@ -83,9 +83,11 @@ def check_same_classes(models: Sequence[XrayNet]) -> tuple[str, ...]:
 
 def model_proba(model: XrayNet, paths: Sequence[Path], batch_size: int = 10,
                 progress: bool = False) -> np.ndarray:
-    """Softmax probabilities ``(N, C)`` of one model (each model preprocesses at its own size)."""
+    """Softmax probabilities ``(N, C)`` of one model (each preprocesses at its own size and normalisation)."""
     dev = next(model.parameters()).device
-    ds = ImageSet(paths, None, int(model.cfg.image_size), cache=False)  # type: ignore[arg-type]
+    cfg = model.cfg
+    ds = ImageSet(paths, None, int(cfg.image_size), mean=cfg.mean, std=cfg.std,  # type: ignore[arg-type]
+                  cache=False)
     out = []
     model.eval()
     with torch.inference_mode():

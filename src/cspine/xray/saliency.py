@@ -43,7 +43,8 @@ def saliency_maps(model: XrayNet, image: np.ndarray, target: int | None = None
         ``(saliency, gradcam, target)``: two float32 ``(H, W)`` maps in [0, 1] and the class used.
     """
     dev = next(model.parameters()).device
-    x = preprocess(image, int(model.cfg.image_size))[None].to(dev)  # type: ignore[arg-type]
+    cfg = model.cfg
+    x = preprocess(image, int(cfg.image_size), cfg.mean, cfg.std)[None].to(dev)  # type: ignore[arg-type]
     x.requires_grad_(True)
     acts: list[torch.Tensor] = []
     handle = model.cam_layer.register_forward_hook(lambda _m, _i, o: acts.append(o))

@@ -9,18 +9,20 @@ import torch
 from torch.utils.data import Dataset
 
 from cspine.io.images import read_image
-from cspine.xray.transforms import Augment, augment, normalize, resize_unit
+from cspine.xray.transforms import Augment, Triple, augment, normalize, resize_unit
 
 
 class ImageSet(Dataset):
-    """Radiographs as ``(3, size, size)`` ImageNet-normalised tensors and their labels.
+    """Radiographs as ``(3, size, size)`` tensors normalised with ``mean``/``std``, and their labels.
 
     The resized grayscale of each image is cached in memory (float16, ``size**2 * 2`` bytes per
     image) so that epochs after the first do not decode large DICOMs again.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, size: int,
-                 aug: Augment | None = None, cache: bool = True, seed: int = 0) -> None:
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, size: int, *,
+                 mean: Triple, std: Triple, aug: Augment | None = None, cache: bool = True,
+                 seed: int = 0) -> None:
+        self.mean, self.std = mean, std
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.size = size
@@ -44,5 +46,5 @@ class ImageSet(Dataset):
         g = self.gray(i)
         if self.aug.enabled:
             g = augment(g, self.aug, self.generator)
-        return normalize(g), int(self.labels[i])
+        return normalize(g, self.mean, self.std), int(self.labels[i])
 

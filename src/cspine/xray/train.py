@@ -13,6 +13,11 @@ networks take large first steps), and ``clip_grad_norm`` caps the gradient's glo
 no batch norm; He-initialised throughout, its first gradients had norm ~75 and its loss overflowed
 within 30 steps at lr 0.01 without a cap).
 
+Frozen layers are computed once: when the model freezes part of itself (``finetune="head"``, or
+Lite0's ``frozen_stages``), the frozen part's output for every training and validation image is
+computed once before the first epoch (kept in memory as float16) and the epochs run only the part
+that trains; with ``augment`` the training images change every epoch, so only validation is cached.
+
 The model folder ``OUT`` receives ``config.json`` + ``model.safetensors`` (the best epoch on the
 validation split: highest accuracy, ties broken by lower validation loss), ``splits.json``,
 ``log.jsonl`` (one line per epoch) and ``last.safetensors`` + ``last.json`` for ``--resume``.
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from cspine.checkpoint import (
@@ -44,7 +49,13 @@ from cspine.checkpoint import (
 from cspine.errors import DatasetError
 from cspine.fileio import append_jsonl, read_jsonl, write_json, write_text
 from cspine.metrics.multiclass import json_safe, multiclass_metrics
-from cspine.models.radiograph import CHECKPOINT_KIND, XrayConfig, XrayNet, build_xray_model
+from cspine.models.radiograph import (
+    CHECKPOINT_KIND,
+    XrayConfig,
+    XrayNet,
+    build_xray_model,
+    check_pretrained_source,
+)
 from cspine.runtime import resolve_device, seed_everything
 from cspine.xray.data import (
     SPLITS_FILE,
@@ -97,16 +108,19 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _loader(ds: ImageSet, batch: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+def _loader(ds: Dataset, batch: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g, num_workers=workers)
 
 
-def run_epoch(model: XrayNet, loader: DataLoader, device: torch.device,
+def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device,
               optimizer: torch.optim.Optimizer | None = None, desc: str = "",
               progress: bool = True, lr_at: Callable[[int], float] | None = None,
               clip_grad_norm: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
     """One pass; trains when ``optimizer`` is given. Returns (mean loss, labels, probabilities).
+
+    ``model`` maps the loader's inputs to logits (an :class:`XrayNet`, or :class:`FromFrozen` over
+    cached frozen features).
 
     ``lr_at(k)``: the learning rate of the epoch's k-th mini-batch (warm-up); ``clip_grad_norm`` > 0
     caps the global gradient norm.
@@ -137,6 +151,35 @@ def run_epoch(model: XrayNet, loader: DataLoader, device: torch.device,
             ps.append(torch.softmax(logits.detach().float(), 1).cpu().numpy())
             bar.set_postfix(loss=f"{total / n:.4f}")
     return total / max(n, 1), np.concatenate(ys), np.concatenate(ps)
+
+
+class FromFrozen(nn.Module):
+    """An :class:`XrayNet` applied to the output of its frozen part (``XrayNet.forward_frozen``)."""
+
+    def __init__(self, net: XrayNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_tail(f.float())
+
+    def train(self, mode: bool = True) -> FromFrozen:
+        self.training = mode
+        self.net.train(mode)
+        return self
+
+
+def frozen_features(model: XrayNet, ds: ImageSet, device: torch.device, batch: int = 10,
+                    progress: bool = False) -> TensorDataset:
+    """``(features, labels)`` with the frozen part's output of every image of ``ds`` (float16, CPU)."""
+    model.eval()
+    feats, labels = [], []
+    with torch.inference_mode():
+        for x, y in tqdm(_loader(ds, batch, False, 0, 0), desc="frozen features", leave=False,
+                         disable=not progress, unit="batch"):
+            feats.append(model.forward_frozen(x.to(device)).to("cpu", torch.float16))
+            labels.append(y)
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
 def prepare_splits(data: XrayDataset, out: Path, cfg: XrayTrainConfig,
@@ -170,8 +213,10 @@ def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayC
 
     Raises:
         DatasetError: bad dataset, or ``out`` already holds a run and ``resume`` is off.
+        CheckpointError: pretrained weights that are pickled, missing or do not fit.
     """
     out = Path(out)
+    check_pretrained_source(model_cfg)  # before anything is read or written
     dev = resolve_device(device)
     if not isinstance(data, XrayDataset):
         data = load_dataset(data)
@@ -187,11 +232,19 @@ def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayC
     def subset(split: str, aug: Augment | None) -> ImageSet:
         idx = splits[split]
         return ImageSet([data.items[i].path for i in idx], [data.items[i].label for i in idx], size,
-                        aug, seed=train_cfg.seed)
+                        mean=model_cfg.mean, std=model_cfg.std, aug=aug,  # type: ignore[arg-type]
+                        seed=train_cfg.seed)
 
-    train_set = subset("train", Augment(enabled=train_cfg.augment))
-    val_set = subset("val", None)
+    train_set: Dataset = subset("train", Augment(enabled=train_cfg.augment))
+    val_set: Dataset = subset("val", None)
     model = build_xray_model(model_cfg).to(dev)
+    train_net: nn.Module = model
+    val_net: nn.Module = model
+    if model.frozen_modules:  # the frozen part's output is computed once, not every epoch
+        val_set, val_net = frozen_features(model, val_set, dev, progress=progress), FromFrozen(model)
+        if not train_cfg.augment:
+            train_set = frozen_features(model, train_set, dev, progress=progress)
+            train_net = val_net
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
                                 weight_decay=train_cfg.weight_decay)
@@ -217,11 +270,11 @@ def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayC
         tl = _loader(train_set, train_cfg.batch_size, True, train_cfg.seed + epoch, train_cfg.num_workers)
         vl = _loader(val_set, train_cfg.batch_size, False, 0, train_cfg.num_workers)
         lr_at = _warmup(lr, epoch, len(tl), train_cfg.warmup_epochs)
-        train_loss, ty, tp = run_epoch(model, tl, dev, optimizer, f"epoch {epoch} train", progress,
+        train_loss, ty, tp = run_epoch(train_net, tl, dev, optimizer, f"epoch {epoch} train", progress,
                                        lr_at, train_cfg.clip_grad_norm)
         for group in optimizer.param_groups:  # the schedule steps from the epoch's nominal rate
             group["lr"] = lr
-        val_loss, vy, vp = run_epoch(model, vl, dev, None, f"epoch {epoch} val", progress)
+        val_loss, vy, vp = run_epoch(val_net, vl, dev, None, f"epoch {epoch} val", progress)
         scheduler.step()
         vm = multiclass_metrics(vy, vp, data.class_names)
         record = {"epoch": epoch, "lr": lr, "train_loss": train_loss,

@@ -1,4 +1,7 @@
-"""The paper's preprocessing: grayscale -> 3 channels, square resize, ImageNet normalisation.
+"""The paper's preprocessing: grayscale -> 3 channels, square resize, the model's normalisation.
+
+The mean and standard deviation are the model's (``XrayConfig.mean``/``std``, decided per arch by
+``cspine.models.radiograph.default_normalisation`` and saved with the model), never fixed here.
 
 The image is resized to ``size x size`` without keeping the aspect ratio, as the paper's
 pipeline did (MATLAB's augmented image datastore squashes). Augmentation (off by default): a
@@ -17,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Per-channel (R, G, B) values, as in ``XrayConfig.mean`` / ``XrayConfig.std``.
+Triple = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,13 @@ def augment(gray: torch.Tensor, aug: Augment, generator: torch.Generator | None 
     return ((out - mean) * factor + mean).clamp_(0, 1)
 
 
-def normalize(gray: torch.Tensor) -> torch.Tensor:
-    """``(1, S, S)`` [0, 1] -> ``(3, S, S)`` ImageNet-normalised (the gray copied to R, G and B)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=gray.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=gray.dtype).view(3, 1, 1)
-    return (gray.expand(3, -1, -1) - mean) / std
+def normalize(gray: torch.Tensor, mean: Triple, std: Triple) -> torch.Tensor:
+    """``(1, S, S)`` [0, 1] -> ``(3, S, S)``: the gray copied to R, G and B, then ``(x - mean) / std``."""
+    m = torch.tensor(mean, dtype=gray.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=gray.dtype).view(3, 1, 1)
+    return (gray.expand(3, -1, -1) - m) / s
 
 
-def preprocess(img: np.ndarray, size: int) -> torch.Tensor:
+def preprocess(img: np.ndarray, size: int, mean: Triple, std: Triple) -> torch.Tensor:
     """Inference preprocessing of one image: resize, 3 channels, normalise -> ``(3, size, size)``."""
-    return normalize(resize_unit(img, size))
+    return normalize(resize_unit(img, size), mean, std)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cspine.ct.baseline.inputs import slice_targets, study_stack
+from cspine.ct.baseline.inputs import stack_slice_targets, study_stack
 from cspine.ct.cls.dataset import box_slices_of, to_uint8
 from cspine.io.volume import Volume
 from cspine.labels import VERTEBRAE
@@ -58,7 +58,7 @@ def sample_from_study(study: BaselineStudy, cfg: ClsConfig) -> StudySample:
     stack = study_stack(study.volume, cfg)
     y = np.array([int(study.labels.get(v, 0)) for v in VERTEBRAE], np.float32)
     return StudySample(study.uid, to_uint8(stack.array), y,
-                       slice_targets(stack, study.box_slices, bool(y.max() > 0)), stack.slice_indices)
+                       stack_slice_targets(stack, study.box_slices, bool(y.max() > 0)), stack.slice_indices)
 
 
 def iter_baseline_studies(data: Path, *, cache: Path | None = None,

@@ -65,7 +65,7 @@ def study_stack(volume: Volume, cfg: ClsConfig) -> StudyStack:
     return StudyStack(np.ascontiguousarray(img, dtype=np.float32), centres, step)
 
 
-def slice_targets(stack: StudyStack, box_slices: frozenset[int] | None, fractured: bool) -> np.ndarray:
+def stack_slice_targets(stack: StudyStack, box_slices: frozenset[int] | None, fractured: bool) -> np.ndarray:
     """Auxiliary per-slice targets: 1 where the z-interval an input slice stands for (the source slices
     nearer its centre than any other's) holds a slice with a fracture box, else 0; all 0 for an intact
     study; NaN (no target) for a fractured study without boxes (there is no mask to place its

@@ -11,23 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cspine.checkpoint import config_from_dict, load_weights, read_config
 from cspine.ct.baseline.inputs import study_stack
 from cspine.ct.baseline.model import KIND, StudyClassifier, build_study_classifier
 from cspine.ct.cls.calibrate import Calibration, patient_probability
+from cspine.ct.outputs import write_predictions_csv
 from cspine.errors import CheckpointError, CspineError
-from cspine.fileio import atomic_path
+from cspine.io.study import check_ct_study, expand_inputs, load_study, study_uid
 from cspine.io.volume import Volume
 from cspine.labels import PATIENT_OVERALL, STUDY_UID, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
 from cspine.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_CSV = "predictions.csv"
 
 
 @dataclass
@@ -105,14 +103,10 @@ def predict_volume(volume: Volume, model: BaselineModel) -> BaselinePrediction:
 
 
 def _load_input(path: Path) -> tuple[str, Volume]:
-    from cspine.ct.pipeline import MIN_SLICES, StudyInputError
-    from cspine.io.study import load_study
-
+    """Load, check and name one study as ``cspine ct predict`` does (:mod:`cspine.io.study`)."""
     volume = load_study(path, workers=1)
-    if volume.shape[0] < MIN_SLICES:
-        raise StudyInputError(f"the study has {volume.shape[0]} axial slices, fewer than {MIN_SLICES}", path)
-    uid = str(volume.study_uid or "").strip() or path.name.split(".nii")[0]
-    return uid, volume
+    check_ct_study(volume, path)
+    return study_uid(volume, path), volume
 
 
 def predict_studies(inputs: Sequence[str | Path] | Mapping[str, Volume], model: BaselineModel,
@@ -132,8 +126,6 @@ def predict_studies(inputs: Sequence[str | Path] | Mapping[str, Volume], model: 
     """
     from tqdm.auto import tqdm
 
-    from cspine.ct.pipeline import expand_inputs
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items: list[Any] = list(inputs.items()) if isinstance(inputs, Mapping) else expand_inputs(inputs)[0]
@@ -144,9 +136,4 @@ def predict_studies(inputs: Sequence[str | Path] | Mapping[str, Volume], model: 
             rows.append(predict_volume(volume, model).row(uid))
         except (CspineError, OSError, ValueError) as exc:
             log.error("skipped %s: %s", item[0] if isinstance(item, tuple) else item, exc)
-    df = pd.DataFrame(rows, columns=[STUDY_UID, *VERTEBRAE, PATIENT_OVERALL])
-    df = df.sort_values(STUDY_UID).reset_index(drop=True)
-    path = out_dir / PREDICTIONS_CSV
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6f")
-    return path
+    return write_predictions_csv(rows, out_dir)

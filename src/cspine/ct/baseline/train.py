@@ -9,7 +9,7 @@ the comparison measures what localising the vertebrae first is worth:
   (:func:`baseline_train_config`);
 * loss: stage 2's competition-weighted BCE (weight 1 for an intact, 2 for a fractured vertebra) over
   the seven level logits of each study, plus ``aux_weight`` x a per-slice BCE where the slice targets
-  are known (:func:`cspine.ct.baseline.inputs.slice_targets`: from the fracture boxes; a fractured
+  are known (:func:`cspine.ct.baseline.inputs.stack_slice_targets`: from the fracture boxes; a fractured
   study without boxes has none). The patient label is not trained; the patient probability is the
   calibrated noisy-OR, as in stage 2;
 * sampling: fractured and intact *studies* drawn with equal probability (``pos_fraction``), an epoch

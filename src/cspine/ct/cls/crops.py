@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from cspine.ct.seg.postprocess import VertebraBox
-from cspine.ct.seg.predict import Segmentation
+from cspine.ct.seg.postprocess import Segmentation, VertebraBox
 from cspine.io.volume import Volume
 from cspine.labels import BONE_WINDOW, HU_MIN, LABEL_OF, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
 from cspine.preprocess.window import window_to_unit
 
-__all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "jitter_geometry", "Segmentation", "VertebraBox"]
+__all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "jitter_geometry", "resize_slices", "take_box"]
 
 
 @dataclass(frozen=True, eq=False)

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
-from cspine.ct.cls.crops import Segmentation, VertebraCrop, extract_crops, jitter_geometry
+from cspine.ct.cls.crops import VertebraCrop, extract_crops, jitter_geometry
+from cspine.ct.seg.postprocess import Segmentation
 from cspine.io.volume import Volume
 from cspine.labels import LABEL_OF, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
@@ -80,8 +81,8 @@ class CropSample:
     variant: int = 0  # 0: the crop the mask gives; 1..: a crop with jittered geometry (training only)
 
 
-def slice_targets(crop: VertebraCrop, seg: Segmentation, fractured: bool,
-                  box_slices: frozenset[int] | None) -> np.ndarray:
+def crop_slice_targets(crop: VertebraCrop, seg: Segmentation, fractured: bool,
+                       box_slices: frozenset[int] | None) -> np.ndarray:
     """Auxiliary per-slice targets of one crop (see the module docstring)."""
     n = len(crop.slice_indices)
     if not fractured:
@@ -139,7 +140,7 @@ def samples_from_study(study: ClsStudy, cfg: ClsConfig, *, variant: int = 0, jit
             unknown_study = study.box_regions is None and any(study.labels.get(v, 0) for v in VERTEBRAE)
             pixels = pixel_targets(crop, bool(y) or unknown_study, study.box_regions, cfg.image_size)
         out.append(CropSample(study.uid, name, to_uint8(crop.array), float(y),
-                              slice_targets(crop, study.seg, bool(y), study.box_slices),
+                              crop_slice_targets(crop, study.seg, bool(y), study.box_slices),
                               crop.slice_indices, pixels, variant))
     return out
 
@@ -161,6 +162,12 @@ class CropDataset(Dataset):
 
     Augmentation keeps the level and the fracture meaningful: a left-right mirror (the neck is
     near-symmetric), a small in-plane shift, and a contrast/brightness jitter of the CT channels.
+
+    Random draws: in the main process (``num_workers=0``) one generator seeded with ``seed`` runs
+    through all epochs, so a seed gives one sequence. A DataLoader worker holds a copy of the dataset,
+    generator included; drawing from that copy would make every worker repeat the same augmentations,
+    epoch after epoch. A worker therefore draws from a generator seeded with ``seed`` and the seed
+    the DataLoader gave that worker (its base seed, new every epoch, plus the worker's id).
     """
 
     def __init__(self, samples: list[CropSample], augment: bool = False, seed: int = 0,
@@ -168,7 +175,21 @@ class CropDataset(Dataset):
         self.samples = samples
         self.augment = augment
         self.mask_channel = mask_channel
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._worker_seed: int | None = None  # the DataLoader worker seed self._worker_rng was made for
+        self._worker_rng: np.random.Generator | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator of this process: the dataset's own, or this worker's for this epoch."""
+        info = get_worker_info()
+        if info is None:
+            return self._rng
+        if self._worker_rng is None or info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self._worker_rng = np.random.default_rng([self.seed, info.seed])
+        return self._worker_rng
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -48,19 +48,23 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int, total: int, warmup_epo
 def train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device, amp: bool,
                 loss_fn: Callable[[Any, tuple[torch.Tensor, ...]], torch.Tensor], desc: str,
-                progress: bool) -> tuple[float, float]:
-    """One pass over ``loader``; ``loss_fn(model output, batch on device)``. Returns (mean loss, seconds)."""
+                progress: bool, forward: Callable[[tuple[torch.Tensor, ...]], Any] | None = None
+                ) -> tuple[float, float]:
+    """One pass over ``loader``; ``loss_fn(model output, batch on device)``. Returns (mean loss, seconds).
+
+    ``forward(batch)`` computes the model output (default: ``model(batch[0])``)."""
+    forward = forward or (lambda b: model(b[0]))
     model.train()
     t0, losses = time.perf_counter(), []
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
     for batch in bar:
         batch = tuple(t.to(device) for t in batch)
         with autocast(device, amp):
-            out = model(batch[0])
+            out = forward(batch)
         loss = loss_fn(out, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))

@@ -7,6 +7,7 @@ the probability that minimises the expected log loss then.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 
 from cspine.checkpoint import config_from_dict, load_weights, read_config
 from cspine.ct.cls.calibrate import Calibration, patient_probability
-from cspine.ct.cls.crops import Segmentation, VertebraCrop, extract_crops
+from cspine.ct.cls.crops import VertebraCrop, extract_crops
+from cspine.ct.seg.postprocess import Segmentation
 from cspine.errors import CheckpointError
 from cspine.io.volume import Volume
 from cspine.labels import VERTEBRAE
@@ -91,7 +93,8 @@ class VertebraScores:
     present: tuple[str, ...]
 
 
-def classify(volume: Volume, seg: Segmentation, model: ClsModel, batch_size: int = 7) -> VertebraScores:
+def classify(volume: Volume, seg: Segmentation, model: ClsModel, batch_size: int = 7, *,
+             crops: Mapping[str, VertebraCrop] | None = None) -> VertebraScores:
     """Fracture probabilities for every vertebra of one study.
 
     Args:
@@ -99,8 +102,10 @@ def classify(volume: Volume, seg: Segmentation, model: ClsModel, batch_size: int
         seg: its stage-1 segmentation (on the volume's grid).
         model: a loaded :class:`ClsModel`.
         batch_size: vertebrae per forward pass.
+        crops: the study's crops when the caller has cut them already
+            (``extract_crops(volume, seg, model.cfg)``, e.g. to time them apart); cut here otherwise.
     """
-    crops = extract_crops(volume, seg, model.cfg)
+    crops = dict(crops) if crops is not None else extract_crops(volume, seg, model.cfg)
     names = list(crops)
     logits: dict[str, float] = {}
     attention: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -82,6 +82,12 @@ class ClsTrainConfig:
     # Extra training crops per vertebra with jittered geometry (see crops.jitter_geometry): 0 = none.
     crop_variants: int = 0
     crop_jitter: float = 0.15
+    # Learning rate of the pretrained CNN relative to ``lr`` (the new GRU, attention and heads): a
+    # pretrained backbone fine-tunes at a fraction of the rate new layers need.
+    backbone_lr_scale: float = 1.0
+    # With ClsConfig.frozen_stages: augmented copies of each training crop whose frozen-prefix features
+    # are cached (feature_cache.py); each draw picks one.
+    prefix_variants: int = 4
 
 
 def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fraction: float,
@@ -99,6 +105,16 @@ def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fract
         val += group[:n_val]
         train += group[n_val:]
     return sorted(train), sorted(val)
+
+
+def param_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: the per-slice CNN at ``lr * backbone_scale``, the rest at ``lr``
+    (frozen parameters are left out)."""
+    backbone = {id(p) for p in model.backbone.parameters()}  # type: ignore[union-attr]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) in backbone], "lr": lr * backbone_scale},
+              {"params": [p for p in trainable if id(p) not in backbone], "lr": lr}]
+    return [g for g in groups if g["params"]]
 
 
 def pixel_loss(pixel_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -236,7 +252,8 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
                   for v in VERTEBRAE}
 
     model = build_classifier(mcfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     y_tr = np.array([s.label for s in tr])
     # An epoch is as many draws as there are vertebrae: jittered variants add diversity, not steps.
     n_train_vertebrae = sum(s.variant == 0 for s in tr)
@@ -250,25 +267,54 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
             state = loaded
             log.info("resuming stage 2 after epoch %d", state["epoch"])
 
-    ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=mcfg.use_mask_channel)
+    amp = cfg.amp and dev.type == "cuda"
+    cached = mcfg.frozen_stages > 0
+    forward: Any = None
+    val_cache = None
+    if cached:
+        # The frozen prefix never changes: run it once per (augmented) crop, then train only the rest.
+        from cspine.ct.cls.feature_cache import PrefixDataset, build_prefix_cache
+
+        t1 = time.perf_counter()
+        ds: Any = PrefixDataset(build_prefix_cache(
+            model, tr, variants=cfg.prefix_variants, augment=True, seed=cfg.seed,
+            mask_channel=mcfg.use_mask_channel, device=dev, progress=progress), seed=cfg.seed)
+        val_cache = build_prefix_cache(model, va, variants=1, augment=False, seed=cfg.seed,
+                                       mask_channel=mcfg.use_mask_channel, device=dev, progress=progress,
+                                       desc="stage 2 validation features") if va else None
+        log.info("frozen-prefix features of %d training crops x %d variants in %.1fs", len(tr),
+                 cfg.prefix_variants, time.perf_counter() - t1)
+
+        def forward(batch: tuple[torch.Tensor, ...]) -> Any:
+            return model.forward_cached(batch[0], batch[4] if batch[4].shape[2] else None)
+    else:
+        ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=mcfg.use_mask_channel)
     sampler = balanced_sampler(y_tr > 0.5, cfg.pos_fraction, steps * cfg.batch_size,
                                cfg.seed + state["epoch"])
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         drop_last=False)
-    amp = cfg.amp and dev.type == "cuda"
 
     def loss_fn(out: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        _, y, sy, pix = batch
+        _, y, sy, pix = batch[:4]
         return weighted_bce_loss(out, y, sy, cfg.aux_weight, pix, cfg.pixel_weight)
 
+    def val_logits(net: torch.nn.Module) -> np.ndarray:
+        if val_cache is not None:
+            from cspine.ct.cls.feature_cache import cached_logits
+
+            return cached_logits(net, val_cache, dev)
+        return predict_logits(net, va, dev, cfg.batch_size, amp)
+
     for epoch in range(state["epoch"], cfg.epochs):
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
         train_loss, seconds = train_epoch(model, loader, opt, sched, dev, amp, loss_fn,
-                                          f"stage 2 epoch {epoch + 1}/{cfg.epochs}", progress)
+                                          f"stage 2 epoch {epoch + 1}/{cfg.epochs}", progress, forward)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
                                   "lr": float(sched.get_last_lr()[0]), "seconds": round(seconds, 2)}
         score = -train_loss
         if va:
-            logits = predict_logits(model, va, dev, cfg.batch_size, amp)
+            logits = val_logits(model)
             y_va = np.array([s.label for s in va])
             cal = fit_calibration(logits, y_va)
             metrics, _, _ = evaluate_split(va, logits, labels, cal, prevalence)
@@ -280,14 +326,20 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
     # Calibrate the best checkpoint on the validation split and write the final config.
     best = load_weights(folder, build_classifier(mcfg)).to(dev)
     cal, pcal, metrics = Calibration(), Calibration(), {}
+    operating_points: dict[str, Any] | None = None
     if va:
-        logits = predict_logits(best, va, dev, cfg.batch_size, amp)
+        logits = val_logits(best)
         y_va = np.array([s.label for s in va])
         raw = weighted_nll(Calibration().probs(logits), y_va)
         cal = fit_calibration(logits, y_va)
         metrics, pv_mat, pat_y = evaluate_split(va, logits, labels, cal, prevalence)
         pcal = fit_patient_calibration(pv_mat, pat_y, pool=DEFAULT_PATIENT_POOL)
         pat_p = pcal.probs(logit(pool_vertebrae(pv_mat, DEFAULT_PATIENT_POOL)))
+        # Thresholds for target sensitivities, chosen on the validation patients (rows as evaluate_split's).
+        from cspine.ct.cls.operating_points import choose_operating_points
+
+        val_y = np.array([[labels[u][v] for v in VERTEBRAE] for u in sorted({s.uid for s in va})])
+        operating_points = choose_operating_points(np.c_[pv_mat, pat_p], np.c_[val_y, pat_y]).to_dict()
         metrics.update({"vertebra_loss_uncalibrated": raw,
                         "patient_loss": weighted_nll(pat_p, pat_y, PATIENT_WEIGHTS)})
     metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
@@ -301,6 +353,7 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
         "absent_vertebra_prior": prevalence,
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
         "val_uids": val_uids,
+        "operating_points": operating_points,
     }
     save_model(folder, best, mcfg, KIND, extra=extra)
     write_json(folder / METRICS, metrics)

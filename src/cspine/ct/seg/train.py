@@ -1,7 +1,7 @@
 """Stage-1 training: Dice + cross-entropy on 2.5D slice stacks of the studies that have masks.
 
 Every study is first resampled once onto the model grid (``z_spacing`` mm, ``image_size`` pixels;
-see :mod:`cspine.ct.seg.dataset`) and kept in RAM as uint8, so an epoch costs only the network.
+see :mod:`cspine.ct.seg.grid`) and kept in RAM as uint8, so an epoch costs only the network.
 Each epoch draws ``slices_per_epoch`` stacks (mostly from slices showing a vertebra), augments them
 without changing which level is which, and ends with a validation on whole held-out studies
 (patient-level split) that runs exactly the inference path (batched stacks, argmax, post-processing)
@@ -38,7 +38,7 @@ from cspine.metrics.segmentation import aggregate, segmentation_metrics
 from cspine.models.unet2p5d import SegConfig, build_seg_model
 from cspine.runtime import autocast, resolve_device, seed_everything
 
-from .dataset import PreparedStudy, SliceDataset, augment_batch, prepare_study, sample_slices
+from .dataset import ReducedStudy, SliceDataset, augment_batch, reduce_study, sample_slices
 from .postprocess import postprocess
 from .predict import KIND, predict_stacks, seg_config_from_dict
 
@@ -92,14 +92,14 @@ class SegTrainConfig:
 
 # --- data ----------------------------------------------------------------------------------------
 
-def _from_volumes(volumes: Sequence[tuple[Volume, np.ndarray]], cfg: SegConfig) -> Iterator[PreparedStudy]:
+def _from_volumes(volumes: Sequence[tuple[Volume, np.ndarray]], cfg: SegConfig) -> Iterator[ReducedStudy]:
     for i, (vol, mask) in enumerate(volumes):
         uid = vol.study_uid or f"study{i:04d}"
-        yield prepare_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg,
-                            group=str(vol.meta.get("patient_group", uid)))
+        yield reduce_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg,
+                           group=str(vol.meta.get("patient_group", uid)))
 
 
-def _from_cache(cache: Path, cfg: SegConfig) -> Iterator[PreparedStudy]:
+def _from_cache(cache: Path, cfg: SegConfig) -> Iterator[ReducedStudy]:
     from cspine.preprocess.cache import StudyCache
 
     store = StudyCache(cache)
@@ -108,10 +108,10 @@ def _from_cache(cache: Path, cfg: SegConfig) -> Iterator[PreparedStudy]:
         if mask is None:
             continue
         vol = store.load(uid)
-        yield prepare_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg)
+        yield reduce_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg)
 
 
-def _from_rsna(root: Path, cfg: SegConfig) -> Iterator[PreparedStudy]:
+def _from_rsna(root: Path, cfg: SegConfig) -> Iterator[ReducedStudy]:
     from cspine.io.nifti import load_mask_on_grid
     from cspine.io.rsna import RsnaDataset
     from cspine.io.study import load_study
@@ -120,14 +120,14 @@ def _from_rsna(root: Path, cfg: SegConfig) -> Iterator[PreparedStudy]:
     for uid in ds.uids_with_masks():
         vol = load_study(ds.study_dir(uid))  # canonical orientation
         mask = load_mask_on_grid(ds.mask_path(uid), vol)  # type: ignore[arg-type]
-        yield prepare_study(uid, vol.hu, vol.spacing[0], mask, cfg)
+        yield reduce_study(uid, vol.hu, vol.spacing[0], mask, cfg)
 
 
 def load_training_studies(data: Path | None, cfg: SegTrainConfig, *, cache: Path | None = None,
-                          volumes: Sequence[tuple[Volume, np.ndarray]] | None = None) -> list[PreparedStudy]:
+                          volumes: Sequence[tuple[Volume, np.ndarray]] | None = None) -> list[ReducedStudy]:
     """Prepare every study with a mask from ``volumes``, else ``cache``, else the RSNA root ``data``."""
     if volumes is not None:
-        source: Iterator[PreparedStudy] = _from_volumes(volumes, cfg.model)
+        source: Iterator[ReducedStudy] = _from_volumes(volumes, cfg.model)
         where = "the given volumes"
     elif cache is not None:
         source, where = _from_cache(Path(cache), cfg.model), str(cache)
@@ -135,7 +135,7 @@ def load_training_studies(data: Path | None, cfg: SegTrainConfig, *, cache: Path
         source, where = _from_rsna(Path(data), cfg.model), str(data)
     else:
         raise ValueError("train_segmentation needs data, cache or volumes")
-    studies: list[PreparedStudy] = []
+    studies: list[ReducedStudy] = []
     from tqdm.auto import tqdm
 
     for st in tqdm(source, desc="seg: preparing studies", unit="study", leave=False, disable=None):
@@ -150,8 +150,8 @@ def load_training_studies(data: Path | None, cfg: SegTrainConfig, *, cache: Path
     return studies
 
 
-def split_studies(studies: Sequence[PreparedStudy], val_fraction: float, seed: int,
-                  ) -> tuple[list[PreparedStudy], list[PreparedStudy]]:
+def split_studies(studies: Sequence[ReducedStudy], val_fraction: float, seed: int,
+                  ) -> tuple[list[ReducedStudy], list[ReducedStudy]]:
     """Patient-level split: all studies of a patient (``group``) land on the same side."""
     groups = sorted({s.group for s in studies})
     n_val = int(round(val_fraction * len(groups))) if len(groups) >= 2 and val_fraction > 0 else 0
@@ -181,7 +181,7 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.
     return ce + dice_weight * (1 - dice.mean())
 
 
-def validate(net: torch.nn.Module, studies: Sequence[PreparedStudy], cfg: SegConfig, device: torch.device,
+def validate(net: torch.nn.Module, studies: Sequence[ReducedStudy], cfg: SegConfig, device: torch.device,
              batch_size: int = 16) -> dict[str, object]:
     """Inference path on whole studies (reduced grid): Dice per level, mean Dice, level identification."""
     levels = tuple(range(1, cfg.n_classes))
