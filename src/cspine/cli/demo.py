@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -19,7 +20,8 @@ def demo(
 
     console = Console()
     console.print(f"[bold]cspine demo[/] into {out} (synthetic phantom data, CPU)")
-    result = run_demo(out, quick=quick, workers=workers)
+    # progress bars only on a terminal: a log file or CI gets the table, not thousands of bar updates
+    result = run_demo(out, quick=quick, workers=workers, progress=sys.stderr.isatty())
     console.print(results_table(result))
     console.print(f"report: {result.report}")
     console.print(f"predictions: {result.predictions_csv}")
