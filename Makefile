@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Every install resolves to the versions the suite last passed with; `make lock` refreshes them on purpose.
 LOCK := requirements/lock.txt
+NIIVUE := src/cspine/viewer/static/niivue.umd.js
 EXTRAS := test,bench
 PYTEST_ARGS ?= -n 2 --durations=15
 
@@ -14,7 +15,7 @@ SYSTEM_PACKAGES := dcmtk chromium
 
 .PHONY: install test demo lint bench lock clean system-deps viewer-assets
 
-install: $(STAMP) system-deps
+install: $(STAMP) system-deps $(NIIVUE)
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
@@ -55,10 +56,14 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable ) > $(LOCK)
 	rm -rf .lock-venv
 
-# Refresh the viewer's NiiVue copy from viewer/package-lock.json (npm; the package ships the copy).
+# The viewer's NiiVue bundle (2.5 MB) is generated, not tracked: npm installs the version pinned in
+# viewer/package-lock.json and the bundle is copied into the package, which serves it (never a CDN).
+$(NIIVUE): viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund --silent
+	cp viewer/node_modules/@niivue/niivue/dist/niivue.umd.js $(NIIVUE)
+
 viewer-assets:
-	cd viewer && npm ci --no-audit --no-fund
-	cp viewer/node_modules/@niivue/niivue/dist/niivue.umd.js src/cspine/viewer/static/niivue.umd.js
+	rm -f $(NIIVUE) && $(MAKE) $(NIIVUE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
