@@ -9,9 +9,10 @@ EXTRAS := test,bench
 PYTEST_ARGS ?= -n 2 --durations=15
 
 # Programs the tests drive as real peers: dcmtk (dsrdump reads our SR), chromium (the viewer's browser
-# test, driven by Playwright; never `playwright install`). Installed with apt where missing and possible.
-SYSTEM_PROGRAMS := dsrdump chromium
-SYSTEM_PACKAGES := dcmtk chromium
+# test, driven by Playwright; never `playwright install`), npm (the viewer bundle). Installed with apt where
+# missing and possible.
+SYSTEM_PROGRAMS := dsrdump chromium npm
+SYSTEM_PACKAGES := dcmtk chromium npm
 
 .PHONY: install test demo lint bench lock clean system-deps viewer-assets
 
