@@ -8,11 +8,12 @@ NIIVUE := src/cspine/viewer/static/niivue.umd.js
 EXTRAS := test,bench
 PYTEST_ARGS ?= -n 2 --durations=15
 
-# Programs the tests drive as real peers: dcmtk (dsrdump reads our SR), chromium (the viewer's browser
-# test, driven by Playwright; never `playwright install`), npm (the viewer bundle). Installed with apt where
-# missing and possible.
-SYSTEM_PROGRAMS := dsrdump chromium npm
-SYSTEM_PACKAGES := dcmtk chromium npm
+# Programs the tests drive as real peers: dcmtk (dsrdump reads our SR; storescu/storescp talk to the DICOM
+# node), Orthanc (a PACS that sends studies to the node and stores its results), chromium (the viewer's
+# browser test, driven by Playwright; never `playwright install`), npm (the viewer bundle). Installed with apt
+# where missing and possible (Orthanc's binary lives in /usr/sbin).
+SYSTEM_PROGRAMS := dsrdump storescu chromium npm /usr/sbin/Orthanc
+SYSTEM_PACKAGES := dcmtk chromium npm orthanc
 
 .PHONY: install test demo lint bench lock clean system-deps viewer-assets
 

@@ -26,7 +26,7 @@ def run_seed(work: Path, seed: int) -> dict:
     from cspine.ct import CtModel, predict_many
     from cspine.ct.demo import DemoConfig
     from cspine.ct.evaluate import evaluate
-    from cspine.ct.presets import train_run
+    from cspine.ct.train_run import train_run
     from cspine.labels import TEST_LABELS_CSV
 
     cfg, data, out = DemoConfig(), work / "data", work / "seeds" / str(seed)

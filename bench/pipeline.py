@@ -30,7 +30,7 @@ loss of predicting the training prevalence):
 
 * two-stage: :func:`cspine.ct.demo.run_demo` with the demo's configuration
   (:class:`cspine.ct.demo.DemoConfig`, read at run time) resized to ``--q-train``/``--q-test``/``--q-size``:
-  phantoms, cache, stage 1 + pseudo-labels, stage 2 (:func:`cspine.ct.presets.train_run`),
+  phantoms, cache, stage 1 + pseudo-labels, stage 2 (:func:`cspine.ct.train_run.train_run`),
   :func:`cspine.ct.inference.predict_many` on the held-out DICOM studies, :func:`cspine.ct.evaluate.evaluate`;
 * one-stage baseline (:mod:`cspine.ct.baseline`): the same CNN + BiGRU + attention over the whole
   study, trained with the stage-2 configuration read back from the trained ``run/cls/config.json``

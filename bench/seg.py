@@ -66,7 +66,7 @@ def bench_inference(volume, cfg, repeats: int, model_dir: Path | None, device: s
             save_model(Path(tmp) / "seg", build_seg_model(cfg), cfg, "seg")
             model_dir = Path(tmp) / "seg"
         model = SegModel.load(model_dir, device=device)
-        grid = reduced_grid(volume.shape, volume.spacing[0], model.cfg)
+        grid = reduced_grid(volume.shape, volume.spacing, model.cfg)
         segment(volume, model)  # warm-up
         total, net = [], []
         for _ in range(repeats):

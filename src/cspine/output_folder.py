@@ -21,7 +21,8 @@ from pathlib import Path
 from cspine.errors import CspineError
 from cspine.fileio import read_json, write_json
 
-__all__ = ["MANIFEST", "OutputFolder", "OutputFolderError", "file_sha256", "open_output_folder"]
+__all__ = ["MANIFEST", "OutputFolder", "OutputFolderError", "check_output_path", "file_sha256",
+           "open_output_folder"]
 
 #: The manifest's file name inside an output folder.
 MANIFEST = ".cspine-outputs.json"
@@ -113,6 +114,28 @@ class OutputFolder:
         if path.is_file() and self.owns(name):
             path.unlink()
         self.record(name)
+
+
+def check_output_path(path: str | Path, command: str = "cspine") -> Path:
+    """Refuse, without creating anything, an output folder that cannot be made: the path is a file, a
+    file stands where one of its parent folders belongs, or the nearest existing parent is not writable.
+
+    For commands that create their folder later (``ct train``, ``demo``, ``serve --work``).
+
+    Raises:
+        OutputFolderError: naming the path and the problem.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"is a file, not a folder; give an output folder for {command}", folder)
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputFolderError(f"cannot create the output folder: {parent} is a file", folder)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"the output folder cannot be written ({parent} is not writable)", folder)
+    return folder
 
 
 def open_output_folder(path: str | Path, *, overwrite: bool = False, names: Iterable[str] = (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,20 +12,18 @@ from typer.testing import CliRunner
 from cspine.cli.main import app
 from cspine.ct import presets
 from cspine.errors import CspineError, DatasetError
+from cspine.registry.presets import CT_PRESETS, CtPreset
 
 
 @pytest.fixture
 def tiny_presets(monkeypatch):
-    def seg(preset):
-        return (dict(backbone="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8), image_size=32,
-                     z_spacing=4.0), dict(epochs=1, batch_size=8, slices_per_epoch=16))
-
-    def cls(preset):
-        return (dict(backbone="test_efficientnet", n_slices=6, image_size=32, gru_hidden=8, attn_dim=8),
-                dict(epochs=1, batch_size=4, max_steps_per_epoch=2))
-
-    monkeypatch.setattr(presets, "_seg_base", seg)
-    monkeypatch.setattr(presets, "_cls_base", cls)
+    tiny = CtPreset("fast", "tiny models for the wiring tests",
+                    seg=dict(backbone="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8), image_size=32,
+                             z_spacing=4.0, epochs=1, batch_size=8, slices_per_epoch=16),
+                    cls=dict(backbone="test_efficientnet", n_slices=6, image_size=32, gru_hidden=8,
+                             attn_dim=8, epochs=1, batch_size=4, max_steps_per_epoch=2))
+    monkeypatch.setitem(CT_PRESETS, "fast", tiny)
+    monkeypatch.setitem(CT_PRESETS, "paper", dataclasses.replace(tiny, name="paper"))
 
 
 @pytest.fixture(scope="module")

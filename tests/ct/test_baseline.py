@@ -113,6 +113,14 @@ def test_training_from_an_rsna_root_writes_the_model_folder(trained) -> None:
     assert doc["kind"] == "study_classifier" and doc["config"]["n_slices"] == 12
     assert doc["extra"]["outputs"] == list(VERTEBRAE) and doc["extra"]["patient_pool"] == "noisy_or"
     assert doc["extra"]["calibration"]["temperature"] > 0
+    # the split is fold 0 of the folds of the root's whole train.csv, saved beside the model (0.3 -> 3 folds)
+    from cspine.io.rsna import RsnaDataset, fold_split, load_folds
+
+    folds = load_folds(folder / "folds.csv")
+    assert sorted(folds["StudyInstanceUID"]) == sorted(RsnaDataset(folder.parent / "rsna").train_uids())
+    assert doc["extra"]["val_uids"] == sorted(folds.loc[folds["fold"] == 0, "StudyInstanceUID"])
+    assert fold_split(folds["StudyInstanceUID"], RsnaDataset(folder.parent / "rsna").train, None,
+                      val_fraction=0.3)[1] == doc["extra"]["val_uids"]  # what stage 2 would validate on
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_train_studies"] + metrics["n_val_studies"] == 8 and metrics["n_val_studies"] >= 2
     with pytest.raises(CspineError, match="already holds"):

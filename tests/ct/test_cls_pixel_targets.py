@@ -9,8 +9,9 @@ import torch
 from test_cls_train import toy_study
 
 from cspine.ct.cls.crops import extract_crops
-from cspine.ct.cls.dataset import UNKNOWN, CropDataset, box_regions_of, pixel_targets, samples_from_study
+from cspine.ct.cls.dataset import UNKNOWN, CropDataset, pixel_targets, samples_from_study
 from cspine.ct.cls.train import pixel_loss, weighted_bce_loss
+from cspine.ct.training_studies import box_regions_of
 from cspine.io.orient import to_canonical
 from cspine.io.volume import SliceInfo, Volume
 from cspine.models.vertebra_classifier import ClsConfig, build_classifier

@@ -10,9 +10,10 @@ import torch
 
 from cspine.ct.cls.dataset import ClsStudy, CropDataset, build_samples, samples_from_study
 from cspine.ct.cls.predict import ClsModel, classify
-from cspine.ct.cls.train import ClsTrainConfig, split_patients, train_classifier, weighted_bce_loss
+from cspine.ct.cls.train import ClsTrainConfig, train_classifier, weighted_bce_loss
 from cspine.ct.seg.postprocess import Segmentation
 from cspine.errors import CspineError, DatasetError
+from cspine.io.rsna import fold_split, folds_table, load_folds
 from cspine.io.volume import volume_from_arrays
 from cspine.labels import VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, build_classifier
@@ -44,12 +45,24 @@ def toy_study(seed: int, drop: str | None = None) -> ClsStudy:
                     frozenset(boxes))
 
 
-def test_split_is_patient_level_and_stratified() -> None:
+def test_split_is_patient_level_stratified_and_saved(tmp_path) -> None:
     uids = [f"u{i}" for i in range(20)]
-    y = [i % 2 for i in range(20)]
-    train, val = split_patients(uids, y, 0.2, seed=0)
+    y = {u: i % 2 for i, u in enumerate(uids)}
+    table = folds_table({u: {"C3": y[u]} for u in uids})
+    train, val = fold_split(uids, table, tmp_path / "folds.csv", val_fraction=0.2, seed=0)
     assert not set(train) & set(val) and len(train) + len(val) == 20
-    assert sum(y[uids.index(u)] for u in val) == 2 and len(val) == 4
+    assert sum(y[u] for u in val) == 2 and len(val) == 4
+    saved = load_folds(tmp_path / "folds.csv")
+    assert set(saved.loc[saved["fold"] == 0, "StudyInstanceUID"]) == set(val)
+    # the saved folds are reused (another seed changes nothing once they exist), a subset keeps its side
+    assert fold_split(uids, table, tmp_path / "folds.csv", val_fraction=0.2, seed=5) == (train, val)
+    assert fold_split(uids[:10], table, tmp_path / "folds.csv", val_fraction=0.2, seed=0) == (
+        [u for u in train if u in uids[:10]], [u for u in val if u in uids[:10]])
+    # several studies of one patient stay on one side; no validation when asked for none
+    groups = {u: f"p{i // 2}" for i, u in enumerate(uids)}
+    train, val = fold_split(uids, folds_table({u: {} for u in uids}, groups), None, val_fraction=0.25)
+    assert {groups[u] for u in train}.isdisjoint({groups[u] for u in val}) and len(val) == 6
+    assert fold_split(uids, table, None, val_fraction=0.0) == (sorted(uids), [])
 
 
 def test_a_few_steps_lower_the_loss() -> None:
@@ -117,6 +130,10 @@ def test_training_writes_the_model_folder(trained) -> None:
     assert point.to_dict()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_train_studies"] + metrics["n_val_studies"] == 8
+    # the validation studies are fold 0 of the run's saved folds (0.3 -> 3 folds)
+    folds = load_folds(folder.parent / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert extra["val_uids"] == sorted(folds.loc[folds["fold"] == 0, "StudyInstanceUID"])
     # crop_variants=1: every training vertebra twice (as the mask gives it, then jittered), the
     # validation vertebrae once, as predict would crop them
     assert metrics["n_train_crops"] == 2 * 7 * metrics["n_train_studies"]

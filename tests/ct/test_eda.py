@@ -12,6 +12,7 @@ import pytest
 from _rsna_fixture import write_rsna_layout
 from cspine.ct.eda import FIGURES, eda_numbers, run_eda
 from cspine.labels import STUDY_UID, TRAIN_COLUMNS
+from cspine.output_folder import MANIFEST
 
 # Five patients: C1..C7 then patient_overall derived.
 ROWS = [
@@ -76,4 +77,4 @@ def test_cli_eda(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ct", "eda", "--data", str(info.root), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "patient_overall" in result.output
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([*FIGURES, "eda.json"])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted([*FIGURES, "eda.json", MANIFEST])

@@ -21,7 +21,7 @@ def test_sampling_prefers_vertebra_slices() -> None:
     hu = np.zeros((40, 32, 32), np.int16)
     lab = np.zeros_like(hu, dtype=np.uint8)
     lab[30:34, 10:20, 10:20] = 5
-    st = reduce_study("a", hu, 2.0, lab, CFG)
+    st = reduce_study("a", hu, (2.0, 1.0, 1.0), lab, CFG)
     idx = sample_slices([st], 400, np.random.default_rng(0), foreground_share=0.8)
     fg = np.isin(idx[:, 1], st.foreground_slices)
     assert 0.75 < fg.mean() < 0.95
@@ -43,3 +43,4 @@ def test_augmentation_keeps_levels_and_slice_order() -> None:
     assert means[0] < means[1] < means[2]
     # the image moved with the labels: the object's pixels are bright where the label is
     assert xa[:, 2][inside].mean() > 3 * xa[:, 2][~inside].mean()
+

@@ -169,3 +169,20 @@ def test_get_or_make_folds_reuses_the_file(tmp_path: Path) -> None:
         get_or_make_folds(table, tmp_path / "folds.csv", n_folds=5)
     with pytest.raises(DatasetError, match="lack 1 studies"):
         get_or_make_folds(_big_table(41), tmp_path / "folds.csv", n_folds=4)
+
+
+def test_folds_of_a_tiny_table_and_the_trainers_split(tmp_path: Path) -> None:
+    from cspine.io.rsna import fold_split
+
+    # 2 fractured + 3 normal studies: too few of either kind to stratify 5 folds, so plain folds
+    table = _big_table(5, seed=3)
+    table.loc[:, list(VERTEBRAE)] = 0
+    table.loc[:1, "C2"] = 1
+    folds = make_folds(table, n_folds=5, seed=0)
+    assert sorted(folds["fold"]) == [0, 1, 2, 3, 4]
+    # the trainers' split: fold 0 validates, saved and reused; fewer patients than folds: one each
+    uids = table[STUDY_UID].tolist()
+    train, val = fold_split(uids, table, tmp_path / "folds.csv", val_fraction=0.1, seed=0)
+    assert len(val) == 1 and sorted(train + val) == sorted(uids)
+    assert load_folds(tmp_path / "folds.csv")["fold"].max() == 4
+    assert fold_split(uids[:1], table.iloc[:1], None, val_fraction=0.5) == (uids[:1], [])

@@ -48,7 +48,7 @@ def _nifti(path: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("nan", "NaN"), ("coarse", "coarser than the 5 mm"), ("blank", "constant"),
+    ("nan", "NaN"), ("inf", "infinite voxel"), ("coarse", "coarser than the 5 mm"), ("blank", "constant"),
 ])
 def test_broken_ct_fails_with_a_named_reason(run, tmp_path, snapshot, case, message):
     rng = np.random.default_rng(3)
@@ -56,6 +56,9 @@ def test_broken_ct_fails_with_a_named_reason(run, tmp_path, snapshot, case, mess
     spacing = (0.8, 0.8, 2.5)
     if case == "nan":
         hu[:, :, 4:6] = np.nan
+    elif case == "inf":  # a broken float conversion: +-inf, not NaN
+        hu[:, :, 7] = np.inf
+        hu[:, :, 8] = -np.inf
     elif case == "coarse":
         spacing = (0.8, 0.8, 6.0)
     else:

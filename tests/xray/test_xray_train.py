@@ -150,7 +150,7 @@ def test_cli_predict_evaluate_and_ensemble(run: Path, toy: Path, tmp_path: Path)
     assert r.exit_code == 0, r.output
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "prediction", "normal", "fracture", "dislocation"]
+    assert list(rows[0]) == ["path", "prediction", "normal", "fracture", "dislocation", "status"]
     assert len(rows) == 2
     for row in rows:
         probs = [float(row[c]) for c in ("normal", "fracture", "dislocation")]

@@ -26,6 +26,8 @@ def evaluate(
                                       help="The model RUN folder that made the predictions: sensitivity and "
                                            "specificity (95% CI) at its stored operating points (sens90, "
                                            "sens95), and its calibration for the ECE before calibration."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files under cspine's output names "
+                                                              "that cspine did not write."),
 ) -> None:
     """Score predictions: patient and vertebra AUCs (95% bootstrap CI), sensitivity, specificity,
     precision, F1, accuracy, localization, the RSNA competition loss against a prevalence baseline,
@@ -33,7 +35,7 @@ def evaluate(
     points and the expected calibration error before and after calibration (reliability.png)."""
     from cspine.ct.evaluate import evaluate as run
 
-    m = run(pred, labels, out, data_root=data, seed=seed, model_dir=model)
+    m = run(pred, labels, out, data_root=data, seed=seed, model_dir=model, overwrite=overwrite)
     ci = m["patient_auc_ci95"] or [None, None]
     table = Table(title=f"cspine ct evaluate: {m['n_studies']} studies -> {out}")
     table.add_column("metric")

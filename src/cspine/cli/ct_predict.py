@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -29,6 +30,18 @@ def predict(
                                                                     "(TID 1500) into this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files under cspine's output names "
                                                               "that cspine did not write."),
+    part: int | None = typer.Option(None, "--part", help="Predict only part K (0-based) of --parts N of the "
+                                                         "sorted studies into the shared OUT; default under "
+                                                         "torchrun: RANK. Then run --merge."),
+    parts: int | None = typer.Option(None, "--parts", help="Number of parts; default under torchrun: "
+                                                           "WORLD_SIZE."),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch (MODEL is a RUN folder) or onnx (MODEL is an export of `cspine "
+                                   "export onnx`: ONNX Runtime on the CPU, PyTorch is not imported; no "
+                                   "--explain)."),
+    merge: bool = typer.Option(False, "--merge", help="Predict nothing: write predictions.csv and "
+                                                      "submission.csv of the parts in OUT (same inputs and "
+                                                      "options); refuses while any input has no result."),
 ) -> None:
     """Predict fracture probabilities for C1..C7 and the patient.
 
@@ -36,20 +49,49 @@ def predict(
     OUT/<UID>.json per study. A study that fails is listed and skipped; the exit status is then 1 (rerun
     to retry: finished studies of the same model, input and options are not recomputed). cspine
     replaces only files it wrote itself (--overwrite to force).
+
+    Many workers (a Slurm array, torchrun ranks): each runs with --part K --parts N into one OUT, claiming
+    each study there first (none is predicted twice; a killed worker's study is redone on a rerun); then
+    --merge writes the CSVs, the submission ordered as test.csv.
     """
     from cspine.ct.cls.operating_points import resolve_operating_point
     from cspine.ct.inference import predict_many
     from cspine.ct.model import CtModel
     from cspine.ct.study_status import COMPLETE
-    from cspine.runtime import resolve_device
+    from cspine.shard import resolve_shard
 
-    dev = resolve_device(device)  # a device this machine lacks fails before anything is read
-    ct_model = CtModel.load(model, device=str(dev))
+    shard = None if merge else resolve_shard(part, parts)
+    if merge and part is not None:
+        raise typer.BadParameter("--merge combines all parts: give --parts N (optional), not --part",
+                                 param_hint="--part")
+    if runtime == "onnx":
+        from cspine.onnx.runtime import EXPLAIN_REFUSED, ExplainUnavailable, load_ct
+
+        if explain:
+            raise ExplainUnavailable(EXPLAIN_REFUSED)
+        ct_model: CtModel = load_ct(model)
+    elif runtime == "torch":
+        from cspine.runtime import resolve_device
+
+        if device == "auto" and shard is not None and "LOCAL_RANK" in os.environ:
+            from cspine.distributed import local_device
+
+            device = local_device()  # one GPU per torchrun rank on a machine
+        dev = resolve_device(device)  # a device this machine lacks fails before anything is read
+        ct_model = CtModel.load(model, device=str(dev))
+    else:
+        raise typer.BadParameter(f"{runtime!r}: use torch or onnx", param_hint="--runtime")
     stored = ct_model.operating_points()
     spec = operating_point if operating_point is not None else ("sens90" if stored is not None else None)
     op = None if spec is None else resolve_operating_point(spec, stored)
-    summary = predict_many(inputs, ct_model, out, explain=explain, test_csv=test_csv, operating_point=op,
-                           dicom_out=dicom_out, overwrite=overwrite)
+    if merge:
+        from cspine.ct.merge import merge_parts
+
+        summary = merge_parts(inputs, ct_model, out, parts=parts, test_csv=test_csv, explain=explain,
+                              operating_point=op, dicom_out=dicom_out, overwrite=overwrite)
+    else:
+        summary = predict_many(inputs, ct_model, out, explain=explain, test_csv=test_csv, operating_point=op,
+                               dicom_out=dicom_out, overwrite=overwrite, shard=shard)
     console = Console()
     table = Table(title=f"cspine ct predict -> {out}")
     for col in ("predicted now", "already done", "failed", "studies in predictions.csv"):
@@ -78,7 +120,12 @@ def predict(
     if summary.missing_in_submission:
         console.print(f"[yellow]{len(summary.missing_in_submission)} test.csv studies have no prediction; "
                       "submission.csv gives them the training prior[/]")
-    console.print(f"predictions: {summary.predictions_csv}\nsubmission:  {summary.submission_csv}")
+    if shard is not None:
+        console.print(f"{shard.label} finished ({len(summary.busy)} studies left to another live worker); "
+                      "when every part has finished: the same command with --merge instead of --part",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"predictions: {summary.predictions_csv}\nsubmission:  {summary.submission_csv}")
     if summary.failed:
         failed = Table(title="failed studies (also in failures.json)")
         failed.add_column("input")

@@ -17,7 +17,9 @@ def demo(
     from rich.console import Console
 
     from cspine.ct.demo import results_table, run_demo
+    from cspine.output_folder import check_output_path
 
+    check_output_path(out, "cspine demo")
     console = Console()
     console.print(f"[bold]cspine demo[/] into {out} (synthetic phantom data, CPU)")
     # progress bars only on a terminal: a log file or CI gets the table, not thousands of bar updates

@@ -7,9 +7,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cspine import __version__
-from cspine.cli import ct, demo, serve, synth, weights, xray
+from cspine.cli import ct, demo, export, node, serve, synth, weights, xray
 from cspine.errors import CspineError
 
 app = typer.Typer(
@@ -22,8 +23,10 @@ app = typer.Typer(
 app.add_typer(ct.app, name="ct", help="CT: prepare data, train, predict, evaluate.")
 app.add_typer(xray.app, name="xray", help="Radiographs: normal / fracture / dislocation.")
 app.add_typer(synth.app, name="synth", help="Synthetic phantom data: CT studies and radiographs.")
+app.add_typer(export.app, name="export", help="Export trained models (ONNX) for a CPU without PyTorch.")
 app.command("demo", help=demo.__doc__)(demo.demo)
 app.command("serve")(serve.serve)
+app.command("node")(node.node)
 app.command("weights", help=weights.weights.__doc__)(weights.weights)
 
 
@@ -49,5 +52,7 @@ def main() -> None:
     try:
         app()
     except CspineError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # emoji off and the message escaped: "HOST:x:AET" or "[::1]" in a message stay as written
+        Console(stderr=True, soft_wrap=True, emoji=False).print(f"[bold red]error:[/] {escape(str(exc))}",
+                                                                highlight=False)
         sys.exit(2)

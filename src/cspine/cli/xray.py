@@ -7,9 +7,14 @@ from pathlib import Path
 
 import typer
 
+from cspine.io.images import DEFAULT_MAX_PIXELS
+
 app = typer.Typer(no_args_is_help=True)
 
 ARCH_HELP = "alexnet (227 px), googlenet (224 px) or efficientnet_lite0 (224 px)."
+MAX_PIXELS_HELP = ("Refuse an image whose header claims more pixels (rows x columns; a corrupt header or a "
+                   "decompression bomb). 0 = no limit.")
+OVERWRITE_HELP = "Replace files under cspine's output names that cspine did not write."
 
 
 @app.command("train")
@@ -52,8 +57,12 @@ def train(
                                     help="AlexNet from random init only: a batch norm after each convolution "
                                          "(not the paper's AlexNet; without it SGD does not train it from "
                                          "scratch)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
 ) -> None:
-    """Train AlexNet, GoogLeNet or EfficientNet-Lite0 (SGD momentum 0.9, lr stepped, cross-entropy)."""
+    """Train AlexNet, GoogLeNet or EfficientNet-Lite0 (SGD momentum 0.9, lr stepped, cross-entropy).
+
+    Every image's header is read first: an unreadable image, or one larger than --max-pixels, stops the
+    run with its name before anything is written."""
     from cspine.models.radiograph import XrayConfig
     from cspine.xray.presets import preset_configs
     from cspine.xray.train import XrayTrainConfig, train_xray
@@ -73,7 +82,8 @@ def train(
         raise typer.BadParameter(str(exc)) from exc
     tcfg = XrayTrainConfig(seed=seed, augment=augment, drop_duplicates=drop_duplicates,
                            warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad, **train_kw)
-    res = train_xray(data, out, mcfg, tcfg, device=device, resume=resume, splits_file=splits)
+    res = train_xray(data, out, mcfg, tcfg, device=device, resume=resume, splits_file=splits,
+                     max_pixels=max_pixels or None)
     typer.echo(f"best epoch {res.best_epoch}: validation accuracy {res.best_val_accuracy:.3f}; "
                f"model in {res.out}")
 
@@ -86,11 +96,16 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, report.md and plots."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(10, "--batch-size", min=1),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """Accuracy and per-class sensitivity/specificity/precision/F1/AUC, ROC and confusion plots."""
+    """Accuracy and per-class sensitivity/specificity/precision/F1/AUC, ROC and confusion plots.
+
+    cspine replaces only files it wrote itself in --out (--overwrite to force)."""
     from cspine.xray.evaluate import evaluate_xray
 
-    doc = evaluate_xray(model, data, out, split=split, device=device, batch_size=batch_size, progress=True)
+    doc = evaluate_xray(model, data, out, split=split, device=device, batch_size=batch_size, progress=True,
+                        max_pixels=max_pixels or None, overwrite=overwrite)
     for name, m in doc["models"].items():
         typer.echo(f"{name}: accuracy {m['accuracy']:.3f}, macro F1 {_fmt(m['macro']['f1'])}, "
                    f"macro AUC {_fmt(m['macro']['auc'])} (n={m['n']})")
@@ -109,27 +124,76 @@ def predict(
     saliency: bool = typer.Option(False, "--saliency", help="Write gradient saliency and Grad-CAM PNGs."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(10, "--batch-size", min=1),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch (--model: trained model folders) or onnx (--model: exports of "
+                                   "`cspine export onnx`, run by ONNX Runtime on the CPU without PyTorch; "
+                                   "no --saliency)."),
 ) -> None:
-    """Class probabilities for each image (the mean over the models when several are given)."""
-    from cspine.xray.predict import (
+    """Class probabilities for each image (the mean over the models when several are given).
+
+    An image that cannot be read (corrupt, not an image, larger than --max-pixels) is skipped and listed:
+    its predictions.csv row has status 'failed', failures.json says why, and the exit status is 1.
+    cspine replaces only files it wrote itself in --out (--overwrite to force)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from cspine.output_folder import open_output_folder
+    from cspine.xray.batch import (
+        FAILURES_JSON,
         PREDICTIONS_CSV,
         collect_images,
-        load_xray_model,
         predict_images,
+        write_failures,
         write_predictions,
     )
-    from cspine.xray.saliency import write_saliency
 
-    paths = collect_images(inputs)
-    models = [load_xray_model(m, device) for m in model]
-    ens, _ = predict_images(paths, models, batch_size, progress=True)
-    csv_path = write_predictions(Path(out) / PREDICTIONS_CSV, ens)
+    if runtime not in ("torch", "onnx"):
+        raise typer.BadParameter(f"{runtime!r}: use torch or onnx", param_hint="--runtime")
+    if runtime == "onnx" and saliency:
+        from cspine.onnx.runtime import EXPLAIN_REFUSED, ExplainUnavailable
+
+        raise ExplainUnavailable(EXPLAIN_REFUSED)
+    limit = max_pixels or None
+    paths = collect_images(inputs)  # a missing input fails before any folder is made
+    folder = open_output_folder(out, overwrite=overwrite, names=[PREDICTIONS_CSV, FAILURES_JSON],
+                                command="cspine xray predict")
+    if runtime == "onnx":
+        from cspine.onnx.runtime import load_xray
+
+        models: list = [load_xray(m) for m in model]
+    else:
+        from cspine.xray.predict import load_xray_model
+
+        models = [load_xray_model(m, device) for m in model]
+    tags = [f"{m.cfg.arch}{i}" if len(models) > 1 else "" for i, m in enumerate(models)]
+    if saliency:  # every PNG name is known now: a foreign file stops the run before any image is read
+        from cspine.xray.saliency import saliency_names, unique_stems, write_saliency
+
+        stems = unique_stems(paths)
+        folder.check([n for t in tags for p in paths for n in saliency_names(stems[p], t)],
+                     "cspine xray predict")
+    failures: dict[Path, str] = {}
+    ens, _ = predict_images(paths, models, batch_size, progress=True, max_pixels=limit, failures=failures)
+    csv_path = write_predictions(folder.path / PREDICTIONS_CSV, ens, failed=list(failures))
+    write_failures(folder.path / FAILURES_JSON, failures)
+    folder.record(PREDICTIONS_CSV, FAILURES_JSON)
     if saliency:
-        for i, m in enumerate(models):
-            tag = f"{m.cfg.arch}{i}" if len(models) > 1 else ""
-            for p in paths:
-                write_saliency(m, p, Path(out), tag)
-    typer.echo(f"wrote {csv_path} ({len(paths)} images)")
+        for m, tag in zip(models, tags, strict=True):
+            for p in ens.paths:
+                written = write_saliency(m, p, folder.path, tag, stem=stems[p], max_pixels=limit)
+                folder.record(*(w.name for w in written))
+    console = Console()
+    console.print(f"wrote {escape(str(csv_path))} ({len(ens.paths)} images predicted, "
+                  f"{len(failures)} failed)", highlight=False, soft_wrap=True)
+    if failures:
+        where = escape(str(folder.path / FAILURES_JSON))
+        console.print(f"[red]failed images[/] ({len(failures)}; also in {where}):", highlight=False,
+                      soft_wrap=True)
+        for reason in failures.values():
+            console.print(f"  {escape(reason)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("compare-readers")

@@ -23,40 +23,45 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _stage(preset: str, stage: str, *taken: str) -> dict[str, Any]:
+    """A named preset's values of one stage (:mod:`cspine.registry.presets`), without the keys
+    :class:`DemoConfig` holds in fields of its own."""
+    from cspine.registry.presets import get_preset
+
+    return {k: v for k, v in getattr(get_preset(preset), stage).items() if k not in taken}
+
+
+#: The keys of the stage-1 values that DemoConfig keeps as fields (epochs, stacks per epoch, image size).
+_SEG_FIELDS = ("epochs", "slices_per_epoch", "image_size")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo (defaults: the full demo; :meth:`quick` a seconds-scale smoke run)."""
+    """Sizes of the demo (defaults: the full demo; :meth:`quick` a seconds-scale smoke run).
+
+    The training values are the named presets ``demo`` and ``demo-quick`` of
+    :mod:`cspine.registry.presets` (both over ``fast``; tune them there); the data sizes are here.
+    """
 
     n_train: int = 200
     n_test: int = 60
     size: int = 128
     seed: int = 7
-    seg_epochs: int = 14
-    seg_slices_per_epoch: int = 512
-    seg_image_size: int = 64
-    # The fast preset's ImageNet EfficientNet-Lite0 U-Net encoder at 64 px; 5-slice stacks give 20 mm of
-    # context to tell the levels apart; augmentation on. Validation Dice 0.81 per level, every level
-    # identified (synthetic; was 0.75-0.78 with a random-init MobileNetV3).
-    seg_overrides: dict[str, Any] = field(default_factory=lambda: {
-        "backbone": "tu-tf_efficientnet_lite0", "pretrained": "imagenet", "z_spacing": 4.0, "in_slices": 5,
-        "decoder_channels": (32, 32, 16, 16, 16), "lr": 3e-3, "batch_size": 8})
-    cls_epochs: int = 4
-    # Stage 2 is the fast preset (ImageNet Lite0, first three stages frozen and cached per crop, 64 px,
-    # 12 slices) cut to what a CPU demo affords: 4 epochs, two augmented copies per crop. Measured on the
-    # demo's data (synthetic, 40 validation studies, docs/BENCHMARKS.md): validation vertebra AUC 0.70 ->
-    # 0.84 over the first 3 epochs (0.85 at 5-6); freezing six stages instead made an epoch ~6x cheaper but
-    # stopped at 0.76.
-    cls_overrides: dict[str, Any] = field(default_factory=lambda: {"prefix_variants": 2})
+    seg_epochs: int = _stage("demo", "seg")["epochs"]
+    seg_slices_per_epoch: int = _stage("demo", "seg")["slices_per_epoch"]
+    seg_image_size: int = _stage("demo", "seg")["image_size"]
+    seg_overrides: dict[str, Any] = field(default_factory=lambda: _stage("demo", "seg", *_SEG_FIELDS))
+    cls_epochs: int = _stage("demo", "cls")["epochs"]
+    cls_overrides: dict[str, Any] = field(default_factory=lambda: _stage("demo", "cls", "epochs"))
 
     @classmethod
     def quick(cls) -> DemoConfig:
         """Tiny everything: exercises each step in well under a minute (numbers meaningless)."""
-        return cls(n_train=6, n_test=3, size=64, seg_epochs=1, seg_slices_per_epoch=32, seg_image_size=64,
-                   seg_overrides={"backbone": "resnet18", "z_spacing": 4.0, "encoder_depth": 3,
-                                  "decoder_channels": (16, 8, 8)},
-                   cls_epochs=1, cls_overrides={"backbone": "test_efficientnet", "n_slices": 6,
-                                                "image_size": 32, "gru_hidden": 8, "attn_dim": 8,
-                                                "max_steps_per_epoch": 2, "pixel_head": True})
+        seg, cls_ = _stage("demo-quick", "seg"), _stage("demo-quick", "cls")
+        return cls(n_train=6, n_test=3, size=64, seg_epochs=seg["epochs"],
+                   seg_slices_per_epoch=seg["slices_per_epoch"], seg_image_size=seg["image_size"],
+                   seg_overrides=_stage("demo-quick", "seg", *_SEG_FIELDS), cls_epochs=cls_["epochs"],
+                   cls_overrides=_stage("demo-quick", "cls", "epochs"))
 
 
 @dataclass
@@ -87,7 +92,7 @@ def run_demo(out: str | Path, *, config: DemoConfig | None = None, quick: bool =
     """
     from cspine.ct import CtModel, predict_many
     from cspine.ct.evaluate import evaluate
-    from cspine.ct.presets import train_run
+    from cspine.ct.train_run import train_run
     from cspine.labels import TEST_LABELS_CSV
     from cspine.preprocess.cache import prepare_cache
     from cspine.runtime import cpu_threads

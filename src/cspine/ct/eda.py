@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 FIGURES: tuple[str, ...] = ("prevalence.png", "fractures_per_patient.png", "correlation.png",
                             "slices_per_study.png")
+EDA_JSON = "eda.json"
+#: Every file ``run_eda`` writes into its output folder.
+OUTPUT_NAMES: tuple[str, ...] = (*FIGURES, EDA_JSON)
 
 
 def count_slices(study_dir: Path) -> int:
@@ -163,23 +166,29 @@ def plot_figures(numbers: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def run_eda(root: str | Path, out: str | Path) -> dict[str, Any]:
+def run_eda(root: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Write the four EDA figures and ``eda.json`` for an RSNA 2022 root.
 
     Args:
         root: RSNA 2022 layout root (train.csv and train_images/).
         out: output folder (created).
+        overwrite: replace files under the EDA's output names that cspine did not write
+            (:mod:`cspine.output_folder`).
 
     Returns:
         The numbers written to ``eda.json`` (plus ``figures``: the PNG paths).
 
     Raises:
         DatasetError: the root's layout or CSVs are invalid.
+        OutputFolderError: ``out`` is a file, not writable, or holds one of the output names that cspine
+            did not write (before any study folder is read).
     """
     from cspine.io.rsna import RsnaDataset
+    from cspine.output_folder import open_output_folder
 
     dataset = RsnaDataset(root)
-    out = Path(out)
+    outputs = open_output_folder(out, overwrite=overwrite, names=OUTPUT_NAMES, command="cspine ct eda")
+    out = outputs.path
     counts: dict[str, int] = {}
     missing: list[str] = []
     for uid in dataset.train_uids():
@@ -194,9 +203,10 @@ def run_eda(root: str | Path, out: str | Path) -> dict[str, Any]:
     numbers["studies_without_images"] = missing
     figures = plot_figures(numbers, out)
     numbers["figures"] = [p.name for p in figures]
-    write_json(out / "eda.json", numbers)
+    write_json(out / EDA_JSON, numbers)
+    outputs.record(*OUTPUT_NAMES)
     log.info("EDA of %d studies written to %s", len(dataset.train), out)
     return numbers
 
 
-__all__ = ["FIGURES", "count_slices", "eda_numbers", "plot_figures", "run_eda"]
+__all__ = ["EDA_JSON", "FIGURES", "OUTPUT_NAMES", "count_slices", "eda_numbers", "plot_figures", "run_eda"]

@@ -67,6 +67,9 @@ __all__ = ["attention_alignment", "calibration_errors", "compute_metrics", "eval
 
 #: Box files looked for in ``--data ROOT`` (train boxes, and test boxes where a phantom wrote them).
 BOX_FILES = (BOXES_CSV, TEST_BOXES_CSV)
+#: Every file :func:`evaluate` writes into its output folder.
+EVALUATE_OUTPUTS = ("metrics.json", "report.md", "roc.png", "roc_levels.png", "pr.png", "calibration.png",
+                    "calibration_vertebrae.png", "reliability.png")
 N_BOOT = 2000
 
 
@@ -433,7 +436,7 @@ def _cls_config(model_dir: Path) -> dict[str, Any]:
 
 def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
              data_root: Path | None = None, pred_dir: Path | None = None, seed: int = 0,
-             model_dir: Path | None = None) -> dict[str, Any]:
+             model_dir: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Score predictions against labels; write metrics.json, ROC/PR/calibration PNGs and report.md.
 
     Args:
@@ -446,6 +449,8 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
         seed: bootstrap seed.
         model_dir: the model RUN folder (or ``RUN/cls``) that made the predictions: its stored
             operating points are evaluated and its calibration gives the ECE before calibration.
+        overwrite: replace files under the evaluation's output names that cspine did not write
+            (:mod:`cspine.output_folder`).
 
     Returns:
         The metrics written to ``out/metrics.json`` (undefined values as ``None``).
@@ -453,13 +458,19 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
     Raises:
         DatasetError: unreadable or malformed CSVs, no study in common, or ``model_dir`` without a
             stage-2 model.
+        OutputFolderError: ``out`` is a file, not writable, or holds one of the output names that cspine
+            did not write (before anything is read).
     """
+    from cspine.output_folder import open_output_folder
     from cspine.reports.ct_report import write_report
     from cspine.reports.curves import plot_calibration, plot_pr, plot_reliability, plot_roc
 
-    pred_csv, labels_csv, out = Path(pred_csv), Path(labels_csv), Path(out)
+    pred_csv, labels_csv = Path(pred_csv), Path(labels_csv)
     pred = read_predictions(pred_csv)
-    labels = read_labels(labels_csv)
+    labels = read_labels(labels_csv)  # bad inputs fail before an output folder is made
+    folder = open_output_folder(out, overwrite=overwrite, names=EVALUATE_OUTPUTS,
+                                command="cspine ct evaluate")
+    out = folder.path
     train_prev = None
     if data_root is not None:
         data_root = Path(data_root)
@@ -514,6 +525,7 @@ def evaluate(pred_csv: str | Path, labels_csv: str | Path, out: str | Path, *,
     }
     write_json(out / "metrics.json", metrics)
     write_report(metrics, out / "report.md", {k: v.name for k, v in plots.items()})
+    folder.record("metrics.json", "report.md", *(v.name for v in plots.values()))
     log.info("evaluated %d studies: patient AUC %s, RSNA loss %.4f", metrics["n_studies"],
              metrics["patient_auc"], metrics["rsna_weighted_log_loss"])
     return metrics

@@ -38,7 +38,9 @@ from cspine.ct.outputs import (
 from cspine.ct.study_status import (
     COMPLETE,
     LEVELS_MISSING,
+    LEVELS_OUT_OF_ORDER,
     NOT_CERVICAL,
+    level_order_problem,
     not_cervical_reason,
     quality_warnings,
 )
@@ -49,6 +51,7 @@ from cspine.io.study import StudyInputError, check_ct_study, expand_inputs, load
 from cspine.io.volume import Volume
 from cspine.labels import PATIENT_OVERALL, VERTEBRAE
 from cspine.output_folder import OutputFolder, OutputFolderError, open_output_folder
+from cspine.shard import Claims, Shard, claim_key
 
 if TYPE_CHECKING:
     from cspine.ct.cls.operating_points import ResolvedOperatingPoint
@@ -145,12 +148,14 @@ def predict(path_or_volume: str | Path | Volume, model: CtModel, *, explain_dir:
         >>> predict("study_dir/", model).patient_overall  # doctest: +SKIP
     """
     from cspine.ct.cls.crops import extract_crops
-    from cspine.ct.cls.predict import classify
-    from cspine.ct.seg.predict import segment
+    from cspine.ct.cls.scores import classify
+    from cspine.ct.seg.segment import segment
 
     if dicom_out is not None and operating_point is None:
         raise CspineError("--dicom-out needs an operating point (--operating-point sens90|sens95|0.NN): "
                           "the SR states present/absent per vertebra")
+    if explain_dir is not None:
+        model.check_explain()
     t_start = time.perf_counter()
     path = None if isinstance(path_or_volume, Volume) else Path(path_or_volume)
     volume = to_canonical(path_or_volume) if isinstance(path_or_volume, Volume) else load_study(path)
@@ -203,6 +208,11 @@ def predict(path_or_volume: str | Path | Volume, model: CtModel, *, explain_dir:
         if missing:
             result.status_reason = (f"not found: {', '.join(missing)} (no probability; patient_overall is "
                                     "partial: the missing levels enter it with the training prior)")
+        disorder = level_order_problem(seg.vertebrae, seg.warnings)
+        if disorder is not None:  # which vertebra is which is uncertain: flag it above a missing level
+            result.status = LEVELS_OUT_OF_ORDER
+            result.status_reason = disorder + (f"; {result.status_reason}" if missing else "")
+            log.warning("%s: %s (%s)", uid, LEVELS_OUT_OF_ORDER, disorder)
     if operating_point is not None:
         result.positive = {v: None if p is None else operating_point.positive(p, "vertebra")
                            for v, p in result.probs.items()}
@@ -276,6 +286,8 @@ class PredictSummary:
     submission_csv: Path | None = None
     n_studies: int = 0
     missing_in_submission: list[str] = field(default_factory=list)
+    #: Inputs of this part that another live worker was predicting (sharded runs).
+    busy: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -285,10 +297,25 @@ class PredictSummary:
 OUTPUT_NAMES = (PREDICTIONS_CSV, SUBMISSION_CSV, FAILURES_JSON)
 
 
+def run_options(explain: bool, operating_point: ResolvedOperatingPoint | None,
+                dicom_out: str | Path | None) -> dict[str, Any]:
+    """The options a result's ``run_key`` records: a rerun (or a merge of parts) uses only results whose
+    options are equal."""
+    return {"explain": bool(explain),
+            "operating_point": None if operating_point is None else operating_point.to_dict(),
+            "dicom_out": None if dicom_out is None else str(Path(dicom_out).resolve())}
+
+
+def shard_order(path: Path) -> str:
+    """The key that orders the inputs before they are split into parts: folder name (the UID in an RSNA
+    root), then the absolute path."""
+    return f"{path.name}\0{path.resolve()}"
+
+
 def predict_many(inputs: Sequence[str | Path], model: CtModel, out_dir: str | Path, *, explain: bool = False,
                  test_csv: Path | None = None, progress: bool = True,
                  operating_point: ResolvedOperatingPoint | None = None, dicom_out: str | Path | None = None,
-                 overwrite: bool = False) -> PredictSummary:
+                 overwrite: bool = False, shard: Shard | None = None) -> PredictSummary:
     """Predict many studies into ``out_dir``; a failing study is reported and skipped.
 
     A study already in ``out_dir`` is reused only when its ``<UID>.json`` records the same model
@@ -307,6 +334,9 @@ def predict_many(inputs: Sequence[str | Path], model: CtModel, out_dir: str | Pa
         operating_point: call each vertebra and patient positive/negative at these thresholds.
         dicom_out: folder for each study's DICOM SEG and SR (needs ``operating_point``).
         overwrite: replace files under cspine's output names that cspine did not write.
+        shard: predict only this part of the sorted inputs (:mod:`cspine.shard`), claiming each study
+            in ``out_dir/.claims`` first; the CSVs are then left to :func:`cspine.ct.merge.merge_parts`
+            and this part's failures go to ``failures.part-K-of-N.json``.
 
     Returns:
         A :class:`PredictSummary`.
@@ -321,17 +351,25 @@ def predict_many(inputs: Sequence[str | Path], model: CtModel, out_dir: str | Pa
     if dicom_out is not None and operating_point is None:
         raise CspineError("--dicom-out needs an operating point (--operating-point sens90|sens95|0.NN): "
                           "the SR states present/absent per vertebra")
+    if explain:
+        model.check_explain()
     studies, found_csv = expand_inputs(inputs)  # a missing input fails before any folder is made
-    folder = open_output_folder(out_dir, overwrite=overwrite, names=OUTPUT_NAMES, command="cspine ct predict")
+    if shard is None:
+        folder = open_output_folder(out_dir, overwrite=overwrite, names=OUTPUT_NAMES,
+                                    command="cspine ct predict")
+    else:
+        from cspine.ct.shared_output import ResultIndex, open_shared_output_folder
+
+        studies = shard.select(studies, key=shard_order)
+        folder = open_shared_output_folder(out_dir, overwrite=overwrite, command="cspine ct predict")
+        index, claims = ResultIndex(folder.path, folder), Claims(folder.path)
     dicom_folder = None if dicom_out is None else open_output_folder(
         dicom_out, overwrite=overwrite, command="cspine ct predict --dicom-out")
     out_dir = folder.path
     test_csv = Path(test_csv) if test_csv is not None else found_csv
     if test_csv is not None:
         read_test_csv(test_csv)  # fail before hours of work, not after
-    options = {"explain": bool(explain),
-               "operating_point": None if operating_point is None else operating_point.to_dict(),
-               "dicom_out": None if dicom_folder is None else str(dicom_folder.path.resolve())}
+    options = run_options(explain, operating_point, None if dicom_folder is None else dicom_folder.path)
 
     def current(r: StudyPrediction) -> bool:
         return r.run_key.get("model") == model.fingerprint and r.run_key.get("options") == options
@@ -340,10 +378,19 @@ def predict_many(inputs: Sequence[str | Path], model: CtModel, out_dir: str | Pa
     done = done_predictions(out_dir, folder=folder)
     by_source = {str(Path(r.source).resolve()): r for r in done.values() if r.source}
     uid_sources = {u: r.source for u, r in done.items() if current(r)}
-    for path in tqdm(studies, desc="predict", unit="study", disable=not progress):
+    for path in tqdm(studies, desc="predict", unit="study", disable=None if progress else True):
         key = str(path.resolve())
         old = by_source.get(key)
         run_key = {"model": model.fingerprint, "input": input_digest(path), "options": options}
+        claim = None
+        if shard is not None and (old is None or old.run_key != run_key):
+            claim = claims.acquire(claim_key(path.name, key))
+            if claim is None:
+                summary.busy.append(str(path))
+                continue
+            old = index.refresh().get(key, old)  # another worker may have finished it meanwhile
+            if old is not None and old.run_key == run_key:
+                claim.release()
         if old is not None and old.run_key == run_key:
             summary.resumed.append(old.study_uid)
             summary.statuses[old.study_uid] = old.status
@@ -381,6 +428,14 @@ def predict_many(inputs: Sequence[str | Path], model: CtModel, out_dir: str | Pa
             summary.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
             if old is not None:
                 folder.forget(f"{old.study_uid}.json")
+        finally:
+            if claim is not None:
+                claim.release()
+    if shard is not None:
+        from cspine.ct.merge import write_part_failures
+
+        write_part_failures(folder, shard, summary.failed)
+        return summary
     write_failures(out_dir, summary.failed)
     pred_path, sub_path, n, missing = rebuild_outputs(out_dir, test_csv, model.prior(), accept=current,
                                                       failed=summary.failed, folder=folder)

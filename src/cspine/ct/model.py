@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from cspine.checkpoint import WEIGHTS
 from cspine.errors import CheckpointError
 from cspine.fileio import read_json
 from cspine.labels import PATIENT_OVERALL, VERTEBRAE
@@ -17,8 +16,8 @@ from cspine.output_folder import file_sha256
 
 if TYPE_CHECKING:
     from cspine.ct.cls.operating_points import OperatingPoints
-    from cspine.ct.cls.predict import ClsModel
-    from cspine.ct.seg.predict import SegModel
+    from cspine.ct.cls.scores import VertebraNet
+    from cspine.ct.seg.segment import StackModel
 
 __all__ = ["CLS_DIR", "SEG_DIR", "CtModel"]
 
@@ -37,10 +36,12 @@ class CtModel:
         info: per stage: config kind, cspine version that trained it, weights digest.
     """
 
-    seg: SegModel
-    cls: ClsModel
+    seg: StackModel
+    cls: VertebraNet
     run_dir: Path
     info: dict[str, Any] = field(default_factory=dict)
+    #: What runs the networks (``"torch"`` here; :class:`cspine.onnx.runtime.OnnxCtModel` says ``"onnx"``).
+    runtime: ClassVar[str] = "torch"
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None) -> CtModel:
@@ -58,6 +59,7 @@ class CtModel:
         Example:
             >>> model = CtModel.load("runs/demo", device="cpu")  # doctest: +SKIP
         """
+        from cspine.checkpoint import WEIGHTS
         from cspine.ct.cls.predict import ClsModel
         from cspine.ct.seg.predict import SegModel
 
@@ -96,6 +98,10 @@ class CtModel:
         from cspine.ct.cls.operating_points import load_operating_points
 
         return load_operating_points(self.run_dir / CLS_DIR)
+
+    def check_explain(self) -> None:
+        """Raise :class:`~cspine.errors.CspineError` when this model cannot explain a prediction
+        (attention plots and Grad-CAM); the PyTorch model can."""
 
     @property
     def device(self) -> str:

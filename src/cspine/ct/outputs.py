@@ -6,7 +6,8 @@ so an interrupted run resumes and a rerun with another model never mixes results
 
 * ``<UID>.json``: :meth:`StudyPrediction.to_dict`;
 * ``predictions.csv``: StudyInstanceUID, C1..C7, patient_overall (probabilities), ``status``
-  (:mod:`cspine.ct.study_status`: complete / levels missing / not a cervical spine CT / failed) and
+  (:mod:`cspine.ct.study_status`: complete / levels out of order / levels missing / not a cervical spine
+  CT / failed) and
   ``missing_levels``; one row per study, sorted by UID. A vertebra stage 1 did not find has an empty
   cell (no probability); a ``levels missing`` study's patient_overall is partial (the missing levels
   enter it with the training prior); a study that is not a cervical spine CT, or failed, has no

@@ -3,6 +3,10 @@
 Every study of ``cspine ct predict`` ends with one status:
 
 * ``complete``: stage 1 found C1..C7 and stage 2 scored each;
+* ``levels out of order``: stage 1 found C1..C7 out of their cranio-caudal order (it relabelled them by
+  position), or two levels on the same slices; each vertebra still has its probability, but which
+  vertebra is which is uncertain: check the study (:func:`level_order_problem`). It takes precedence over
+  ``levels missing`` (the missing levels are still listed);
 * ``levels missing``: some of C1..C7 were not found; those have no probability, and the patient score
   is computed from the vertebrae found plus the training prior of the missing ones (so it is partial);
 * ``not a cervical spine CT``: the series says or shows it is something else: a BodyPartExamined tag
@@ -18,7 +22,9 @@ study whose slices are mostly constant. A few constant slices are only a warning
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +33,19 @@ from cspine.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPLETE", "FAILED", "LEVELS_MISSING", "MAX_SLICE_SPACING_MM", "NOT_CERVICAL", "STATUSES",
-           "body_part_examined", "not_cervical_reason", "quality_warnings"]
+__all__ = ["COMPLETE", "FAILED", "LEVELS_MISSING", "LEVELS_OUT_OF_ORDER", "MAX_SLICE_SPACING_MM",
+           "NOT_CERVICAL", "STATUSES", "body_part_examined", "level_order_problem", "not_cervical_reason",
+           "quality_warnings"]
 
 COMPLETE = "complete"
+LEVELS_OUT_OF_ORDER = "levels out of order"
 LEVELS_MISSING = "levels missing"
 NOT_CERVICAL = "not a cervical spine CT"
 FAILED = "failed"
-STATUSES = (COMPLETE, LEVELS_MISSING, NOT_CERVICAL, FAILED)
+STATUSES = (COMPLETE, LEVELS_OUT_OF_ORDER, LEVELS_MISSING, NOT_CERVICAL, FAILED)
+#: Two levels whose slice ranges share more than this fraction of the shorter one lie on the same slices:
+#: adjacent vertebrae touch at one or two slices, not over half their height.
+MAX_LEVEL_OVERLAP = 0.5
 
 #: Coarsest slice step accepted: a 5 mm step already samples a 15 mm vertebral body only three times.
 MAX_SLICE_SPACING_MM = 5.0
@@ -111,8 +122,8 @@ def quality_warnings(volume: Volume, where: str | Path | None) -> list[str]:
                               "cspine accepts; use a thinner reconstruction of the series", where)
     n_nan = int(volume.meta.get("nan_voxels") or 0)
     if n_nan:
-        raise StudyInputError(f"the CT holds {n_nan} NaN (not-a-number) voxel(s); a CT has a number in "
-                              "every voxel (a broken conversion?)", where)
+        raise StudyInputError(f"the CT holds {n_nan} NaN (not-a-number) or infinite voxel(s); a CT has a "
+                              "number in every voxel (a broken conversion?)", where)
     hu = volume.hu
     constant = [z for z in range(volume.shape[0])
                 if float(np.ptp(np.asarray(hu[z, ::2, ::2]))) == 0.0]
@@ -122,3 +133,42 @@ def quality_warnings(volume: Volume, where: str | Path | None) -> list[str]:
     if constant:
         return [f"{len(constant)} constant (blank) slice(s), first at canonical index {constant[0]}"]
     return []
+
+
+def level_order_problem(vertebrae: Mapping[str, Any], warnings: Sequence[str] = ()) -> str | None:
+    """Why stage 1's levels cannot be trusted to be C1..C7 from top to bottom, or ``None``.
+
+    Args:
+        vertebrae: per level name: an object or dict with ``present``, ``z_range`` (start, stop) and
+            ``centroid`` (z, y, x) on the canonical grid (axis 0 superior -> inferior), as
+            :class:`cspine.ct.seg.postprocess.VertebraBox` or a prediction's JSON holds them.
+        warnings: stage 1's warnings; its relabelling warning
+            (:data:`cspine.ct.seg.postprocess.RELABELLED_WARNING`) means the network's levels were out of
+            order and were renamed by position.
+
+    Returns:
+        A one-line reason: levels relabelled by stage 1, centroids not in cranio-caudal order, or two
+        levels over the same slices.
+    """
+    from cspine.ct.seg.postprocess import RELABELLED_WARNING
+    from cspine.labels import VERTEBRAE
+
+    def get(box: Any, key: str) -> Any:
+        return box.get(key) if isinstance(box, Mapping) else getattr(box, key, None)
+
+    for w in warnings:
+        if str(w).startswith(RELABELLED_WARNING):
+            return f"stage 1: {w}"
+    found = [(v, vertebrae[v]) for v in VERTEBRAE if v in vertebrae and get(vertebrae[v], "present")]
+    for (a, box_a), (b, box_b) in zip(found, found[1:], strict=False):
+        za, zb = float(get(box_a, "centroid")[0]), float(get(box_b, "centroid")[0])
+        if not za < zb:
+            return (f"{b} lies above {a} (centroid slices {zb:.1f} and {za:.1f}; axis 0 runs superior to "
+                    "inferior): the levels are out of cranio-caudal order")
+        (a0, a1), (b0, b1) = get(box_a, "z_range"), get(box_b, "z_range")
+        shared = min(a1, b1) - max(a0, b0)
+        shorter = max(1, min(a1 - a0, b1 - b0))
+        if shared / shorter > MAX_LEVEL_OVERLAP:
+            return (f"{a} and {b} share {shared} of their slices ({a} {a0}..{a1 - 1}, {b} {b0}..{b1 - 1}): "
+                    "one vertebra labelled as two levels?")
+    return None

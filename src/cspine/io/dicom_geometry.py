@@ -131,9 +131,19 @@ def plan_stack(headers: Sequence[Header], *, on_gap: str = "error", on_tilt: str
             j += 1
         cluster = list(range(i, j))
         if len(cluster) > 1:
-            # The same image twice (same SOPInstanceUID and frame), or identical pixels.
-            same = all(hs[k].sop_instance_uid and hs[k].image_key == hs[i].image_key
-                       or (same_pixels is not None and same_pixels(hs[i], hs[k])) for k in cluster[1:])
+            # The same image twice: identical pixels (when they can be compared), else the same
+            # SOPInstanceUID and frame. One SOPInstanceUID with other pixels is a stale or edited copy.
+            if same_pixels is not None:
+                same = all(same_pixels(hs[i], hs[k]) for k in cluster[1:])
+                shared = [k for k in cluster[1:]
+                          if hs[k].sop_instance_uid and hs[k].image_key == hs[i].image_key]
+                if not same and shared:
+                    raise SeriesGeometryError(
+                        f"{_names([hs[i], *(hs[k] for k in shared)])} carry the same SOPInstanceUID at the "
+                        "same position but hold different pixels: one is a stale or edited copy of the "
+                        "other; keep one of them", where)
+            else:
+                same = all(hs[k].sop_instance_uid and hs[k].image_key == hs[i].image_key for k in cluster[1:])
             if not same:
                 raise SeriesGeometryError(
                     f"{len(cluster)} different images at the same position ({d[i]:.2f} mm along the slice "
@@ -153,8 +163,9 @@ def plan_stack(headers: Sequence[Header], *, on_gap: str = "error", on_tilt: str
 
     ps = hs[0].pixel_spacing
     if ps is None:
-        warns.append("no PixelSpacing; assumed 1 mm x 1 mm")
-        ps = (1.0, 1.0)
+        raise SeriesGeometryError(
+            f"the images have no PixelSpacing (e.g. {hs[0].path}): their in-plane pixel size is unknown, so "
+            "every size and position in mm would be wrong; export the series with its PixelSpacing", where)
     dd = d - d[0]
 
     # Gantry tilt: origins move off the normal through the first slice, proportionally to position.

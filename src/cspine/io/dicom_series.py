@@ -209,6 +209,12 @@ def _fast_getter(ds: object):  # noqa: ANN202 - returns get(keyword, default)
     return get
 
 
+def _not_dicom(path: str, reason: str) -> str:
+    from cspine.io.archives import is_archive
+
+    return "an archive (unpack it first)" if is_archive(path) else reason
+
+
 def read_header(path: str, *, fast: bool = True) -> Header | list[Header] | tuple[str, str]:
     """The :class:`Header` of one file (a list of them, one per frame, for a multi-frame file), or
     ``(skip reason, path)`` when it cannot be used."""
@@ -223,9 +229,9 @@ def read_header(path: str, *, fast: bool = True) -> Header | list[Header] | tupl
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, defer_size=1024, force=True)
                 if "Rows" not in ds or "SOPClassUID" not in ds:
-                    return "not a DICOM file", path
+                    return _not_dicom(path, "not a DICOM file"), path
         except Exception:  # pydicom raises many kinds on garbage  # noqa: BLE001
-            return "not a DICOM file or truncated header", path
+            return _not_dicom(path, "not a DICOM file or truncated header"), path
         try:
             get = _fast_getter(ds) if fast else ds.get
             if "PixelData" not in ds:
@@ -256,6 +262,8 @@ def read_header(path: str, *, fast: bool = True) -> Header | list[Header] | tupl
             if problem is not None:
                 return problem, path
             slope, intercept = get("RescaleSlope", None), get("RescaleIntercept", None)
+            if slope not in (None, "") and float(slope) == 0.0:
+                return "RescaleSlope 0 (every pixel would read as the intercept)", path
             thickness = get("SliceThickness", None)
             header = Header(
                 path=path,
@@ -335,10 +343,12 @@ class SeriesGroup:
 
 
 def split_series(headers: Sequence[Header]) -> list[SeriesGroup]:
-    """Split headers by study UID, series UID, SeriesNumber, image size and orientation."""
+    """Split headers by study UID, series UID, SeriesNumber, image size, pixel spacing, frame of
+    reference and orientation: the images of one group can be stacked into one volume."""
     groups: list[tuple[tuple[object, ...], np.ndarray, list[Header]]] = []
     for h in headers:
-        key = (h.study_uid, h.series_uid, h.series_number, h.rows, h.cols)
+        spacing = None if h.pixel_spacing is None else tuple(round(float(v), 4) for v in h.pixel_spacing)
+        key = (h.study_uid, h.series_uid, h.series_number, h.rows, h.cols, spacing, h.frame_of_reference)
         iop = np.asarray(h.iop)
         for gkey, giop, members in groups:
             if gkey == key and np.max(np.abs(giop - iop)) < ORIENTATION_TOL:

@@ -12,11 +12,20 @@ Bright means dense (bone white, air black) whatever the file stores:
   not the image's own min/max, so that a dark image stays dark); float TIFFs already in [0, 1]
   are kept, other float images are min/max scaled. Colour images are converted to luminance
   (ITU-R BT.601), JPEG EXIF orientation is applied.
+
+Size limit: an image whose header claims more than ``max_pixels`` pixels (rows x columns x frames;
+default :data:`DEFAULT_MAX_PIXELS`) is refused before its pixels are decoded, with an error naming the
+file. A header claiming 60000 x 60000 pixels is a corrupt file or a decompression bomb, and decoding it
+would take gigabytes; this limit replaces Pillow's own guard (``DecompressionBombError``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,11 @@ log = logging.getLogger(__name__)
 #: File name endings read as images (case-insensitive). Files without an ending are tried as DICOM.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+#: Largest image read by default, in pixels (100 megapixels: a 10,000 x 10,000 radiograph; real ones are
+#: at most about 4,300 x 3,500). ``None`` or 0 = no limit.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_PIL_GUARD = threading.Lock()  # Pillow's limit is a module global: lifted by one thread at a time
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -53,22 +67,70 @@ def is_image_file(path: str | Path) -> bool:
     return path.suffix == "" and is_dicom(path)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def _check_file(path: Path) -> None:
+    from cspine.io.archives import UNPACK_HINT, is_archive
+
+    if not path.is_file():
+        raise ImageError("image file not found", path)
+    if is_archive(path):
+        raise ImageError(f"{UNPACK_HINT} (images or folders of images)", path)
+
+
+def check_pixel_count(path: str | Path, rows: int, cols: int, frames: int = 1,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image whose header claims more than ``max_pixels`` pixels.
+
+    Raises:
+        ImageError: naming the file, the size its header claims and the limit.
+    """
+    n = int(rows) * int(cols) * max(int(frames), 1)
+    if max_pixels and n > max_pixels:
+        frames_txt = f" x {frames} frames" if frames > 1 else ""
+        raise ImageError(
+            f"its header claims {cols} x {rows} pixels{frames_txt} ({n / 1e6:,.0f} megapixels), more than "
+            f"the limit of {max_pixels / 1e6:,.0f} megapixels (a corrupt header or a decompression bomb); "
+            "raise --max-pixels if the image is genuine", path)
+
+
+def image_shape(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(rows, columns)`` of an image from its header alone (no pixel is decoded), checked against
+    ``max_pixels``: a cheap test of a whole dataset before any work starts.
+
+    Raises:
+        ImageError: the file is missing, its header cannot be read, or it claims too many pixels.
+    """
+    path = Path(path)
+    _check_file(path)
+    if is_dicom(path):
+        ds = _dicom_header(path)
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ImageError(f"is a DICOM file without a usable Rows/Columns ({exc})", path) from exc
+        check_pixel_count(path, rows, cols, frames, max_pixels)
+        return rows, cols
+    with _open_pil(path, max_pixels) as im:
+        return int(im.size[1]), int(im.size[0])
+
+
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a radiograph as a float32 ``(H, W)`` array in [0, 1], bright = dense.
 
     Args:
         path: a PNG, JPEG, TIFF, BMP or DICOM file.
+        max_pixels: refuse an image whose header claims more pixels (``None``/0: no limit).
 
     Returns:
         The grayscale image, float32, values in [0, 1].
 
     Raises:
-        ImageError: the file is missing, cannot be decoded, or holds no 2D image.
+        ImageError: the file is missing, cannot be decoded, holds no 2D image, or claims more than
+            ``max_pixels`` pixels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError("image file not found", path)
-    img = _read_dicom(path) if is_dicom(path) else _read_pil(path)
+    _check_file(path)
+    img = _read_dicom(path, max_pixels) if is_dicom(path) else _read_pil(path, max_pixels)
     if img.ndim != 2 or min(img.shape) < 2:
         raise ImageError(f"holds no 2D image (array shape {img.shape})", path)
     if not np.isfinite(img).all():
@@ -83,17 +145,44 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 # --- PNG / JPEG / TIFF ------------------------------------------------------------------------
 
-def _read_pil(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+@contextlib.contextmanager
+def _open_pil(path: Path, max_pixels: int | None) -> Iterator:  # noqa: ANN401 - yields a PIL image
+    """``Image.open`` (header only) with cspine's pixel limit instead of Pillow's."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        # Pillow checks the header's size in open() against its module-global limit; cspine's own limit
+        # applies right after, so Pillow's is lifted while the header is read (one thread at a time).
+        with _PIL_GUARD, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+    except (UnidentifiedImageError, *_PIL_ERRORS) as exc:
+        raise ImageError(f"cannot be decoded as an image ({exc}); is it a PNG, JPEG, TIFF or DICOM "
+                         "file, and complete?", path) from exc
+    with im:
+        check_pixel_count(path, im.size[1], im.size[0], 1, max_pixels)
+        yield im
+
+
+def _read_pil(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    from PIL import ImageOps
+
+    with _open_pil(path, max_pixels) as im:
+        try:
             im = ImageOps.exif_transpose(im)
             im.load()
             return _pil_to_unit(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot be decoded as an image ({exc}); is it a PNG, JPEG, TIFF or DICOM "
-                         "file, and complete?", path) from exc
+        except (*_PIL_ERRORS, MemoryError) as exc:
+            raise ImageError(f"cannot be decoded as an image ({exc or type(exc).__name__}); is it a PNG, "
+                             "JPEG, TIFF or DICOM file, and complete?", path) from exc
 
 
 def _pil_to_unit(im, path: Path) -> np.ndarray:  # noqa: ANN001 - PIL.Image.Image
@@ -133,16 +222,25 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 
 # --- DICOM ------------------------------------------------------------------------------------
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _dicom_header(path: Path, stop_before_pixels: bool = True):  # noqa: ANN202 - pydicom Dataset
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
+        return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ImageError(f"cannot be read as DICOM ({exc})", path) from exc
+
+
+def _read_dicom(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    ds = _dicom_header(path, stop_before_pixels=False)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise ImageError("is a DICOM file without pixel data", path)
+    try:
+        rows, cols, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageError(f"is a DICOM file without a usable Rows/Columns ({exc})", path) from exc
+    check_pixel_count(path, rows, cols, frames, max_pixels)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = ds.pixel_array

@@ -24,6 +24,9 @@ from cspine.errors import NiftiError
 from cspine.io.volume import Volume
 from cspine.labels import HU_MAX, HU_MIN
 
+#: Values outside this range (HU) are no CT's: metal reaches about +30,000 in extended scales, air -1,024.
+IMPLAUSIBLE_HU = (-32_768.0, 65_535.0)
+
 log = logging.getLogger(__name__)
 
 #: RAS <-> LPS: negate the first two world axes (its own inverse).
@@ -94,10 +97,14 @@ def read_nifti_volume(path: str | Path) -> Volume:
     warns: list[str] = []
     n_nan = 0
     if np.issubdtype(data.dtype, np.floating):
-        n_nan = int(np.isnan(data).sum())
+        n_nan = int((~np.isfinite(data)).sum())  # NaN and +-inf: no number a CT voxel can hold
         if n_nan:
-            warns.append(f"{n_nan} NaN voxel(s) in the file, set to {HU_MIN} HU")
-        data = np.rint(np.nan_to_num(data, nan=HU_MIN, posinf=HU_MAX, neginf=HU_MIN))
+            warns.append(f"{n_nan} NaN or infinite voxel(s) in the file, set to {HU_MIN} HU")
+        data = np.rint(np.nan_to_num(data, nan=HU_MIN, posinf=HU_MIN, neginf=HU_MIN))
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if lo < IMPLAUSIBLE_HU[0] or hi > IMPLAUSIBLE_HU[1]:
+        warns.append(f"values from {lo:.4g} to {hi:.4g}, far outside any CT's Hounsfield units: clipped to "
+                     f"{HU_MIN}..{HU_MAX} (is this a CT in HU, with its scl_slope/scl_inter?)")
     hu = np.clip(data, HU_MIN, HU_MAX).astype(np.int16)
     hu = np.ascontiguousarray(hu.transpose(2, 1, 0))
     meta = {

@@ -134,3 +134,38 @@ def from_canonical(array: np.ndarray, volume_or_reorientation: Volume | Reorient
             raise ValueError("the volume has no meta['reorientation']; was it made by to_canonical?")
         reo = Reorientation(tuple(info["perm"]), tuple(bool(f) for f in info["flip"]))  # type: ignore[arg-type]
     return np.ascontiguousarray(reo.invert(array))
+
+
+def stored_box_on_canonical(volume: Volume, z: int, x: float, y: float, width: float,
+                            height: float) -> tuple[int, int, int, int] | None:
+    """A box in the stored pixels of the image behind canonical slice ``z`` -> ``(y0, y1, x0, x1)`` on the
+    canonical grid (stops exclusive, clipped to the grid), or ``None`` when nothing of it is left.
+
+    ``x``/``width`` are columns and ``y``/``height`` rows of the DICOM image as stored (RSNA's
+    ``train_bounding_boxes.csv``). The slice's ``pixel_offset`` (gantry-tilt correction shifts every slice
+    by its own amount onto an enlarged grid) is added first, then the volume's reorientation
+    (``meta["reorientation"]``; none means the volume was canonical as read) is applied.
+
+    Raises:
+        ValueError: the volume was not acquired axially (axis 0 is not the stored slice axis), so its
+            stored rows and columns are no axial plane.
+    """
+    reo = volume.meta.get("reorientation") or {"perm": [0, 1, 2], "flip": [False, False, False]}
+    perm, flip = list(reo["perm"]), list(reo["flip"])
+    if perm[0] != 0:
+        raise ValueError("the volume's slices are not its stored images (not acquired axially)")
+    info = volume.slices[z] if volume.slices else None
+    off_r, off_c = (info.pixel_offset if info is not None and info.pixel_offset is not None else (0.0, 0.0))
+    source_shape = list(volume.meta.get("source_shape") or volume.shape)
+    ranges = {1: (float(y) + off_r, float(y) + float(height) + off_r),
+              2: (float(x) + off_c, float(x) + float(width) + off_c)}
+    canon = []
+    for c in (1, 2):
+        lo, hi = ranges[perm[c]]
+        n = source_shape[perm[c]]
+        if flip[c]:
+            lo, hi = n - hi, n - lo
+        canon.append((max(int(np.floor(lo)), 0), min(int(np.ceil(hi)), volume.shape[c])))
+    (y0, y1), (x0, x1) = canon
+    return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
+

@@ -25,6 +25,7 @@ import pandas as pd
 
 from cspine.errors import DatasetError
 from cspine.fileio import write_text
+from cspine.io.archives import UNPACK_HINT, is_archive
 from cspine.labels import (
     BOX_COLUMNS,
     BOXES_CSV,
@@ -44,11 +45,14 @@ from cspine.labels import (
     TRAIN_IMAGES,
     VERTEBRAE,
 )
+from cspine.registry.splits import RSNA_SPLITS, TRAIN
 
 log = logging.getLogger(__name__)
 
 FOLD: str = "fold"
-SPLITS: tuple[str, ...] = ("train", "test")
+#: The folds file every trainer writes into its run folder (and reuses from it).
+FOLDS_CSV: str = "folds.csv"
+SPLITS: tuple[str, ...] = RSNA_SPLITS
 
 
 def _read_csv(path: Path, columns: Sequence[str], str_columns: Sequence[str]) -> pd.DataFrame:
@@ -179,6 +183,9 @@ class RsnaDataset:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if is_archive(self.root):
+            raise DatasetError(f"{UNPACK_HINT} (the RSNA 2022 root with train.csv and train_images/)",
+                               self.root)
         if not self.root.is_dir():
             raise DatasetError("dataset root is not a folder", self.root)
         if not (self.root / TRAIN_IMAGES).is_dir():
@@ -269,18 +276,18 @@ class RsnaDataset:
         folder = self.root / TEST_IMAGES
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
-    def uids(self, split: str = "train") -> list[str]:
+    def uids(self, split: str = TRAIN) -> list[str]:
         _check_split(split)
-        return self.train_uids() if split == "train" else self.test_uids()
+        return self.train_uids() if split == TRAIN else self.test_uids()
 
-    def study_dir(self, uid: str, split: str = "train") -> Path:
+    def study_dir(self, uid: str, split: str = TRAIN) -> Path:
         """The folder of one study's ``<N>.dcm`` files.
 
         Raises:
             DatasetError: the folder does not exist.
         """
         _check_split(split)
-        folder = self.root / (TRAIN_IMAGES if split == "train" else TEST_IMAGES) / uid
+        folder = self.root / (TRAIN_IMAGES if split == TRAIN else TEST_IMAGES) / uid
         if not folder.is_dir():
             raise DatasetError(f"no image folder for study {uid}", folder)
         return folder
@@ -361,6 +368,8 @@ def make_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.DataF
     if n_groups < n_folds:
         raise DatasetError(f"cannot make {n_folds} folds from {n_groups} patients")
     key = pattern_keys(df, n_folds)
+    if key.value_counts().max() < n_folds:  # too few studies to stratify on anything: plain folds
+        key = pd.Series("all", index=key.index)
     with warnings.catch_warnings():
         # "The least populated class has only k members": expected for the merged 'rare' key.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -420,3 +429,49 @@ def get_or_make_folds(table: pd.DataFrame, path: str | Path, n_folds: int = 5, s
     if found != n_folds:
         raise DatasetError(f"the saved folds have {found} folds, {n_folds} were asked for", path)
     return folds
+
+
+def folds_table(labels: dict[str, dict[str, int]], groups: dict[str, str] | None = None) -> pd.DataFrame:
+    """A table :func:`make_folds` reads from in-memory labels ``{uid: {C1..C7: 0|1}}`` (missing levels: 0)
+    and, optionally, each study's patient (``groups``: ``{uid: patient}``)."""
+    rows = [{STUDY_UID: uid, **{v: int(lab.get(v, 0)) for v in VERTEBRAE}} for uid, lab in labels.items()]
+    table = pd.DataFrame(rows, columns=[STUDY_UID, *VERTEBRAE])
+    if groups is not None:
+        table["patient_id"] = [groups.get(uid, uid) for uid in table[STUDY_UID]]
+    return table
+
+
+def fold_split(uids: Sequence[str], table: pd.DataFrame, path: str | Path | None, *, val_fraction: float,
+               seed: int = 0, val_fold: int = 0) -> tuple[list[str], list[str]]:
+    """The patient-level (train, validation) split of ``uids`` that every CT trainer uses.
+
+    Validation is fold ``val_fold`` of ``round(1 / val_fraction)`` folds of ``table`` (:func:`make_folds`:
+    stratified on the fracture pattern, a patient in one fold), saved at ``path`` and reused from it when it
+    exists (:func:`get_or_make_folds`), so stage 1, stage 2 and the baseline of one run, a resumed training
+    and a later benchmark all see the same split. Fewer patients than folds: as many folds as patients;
+    ``val_fraction`` 0 or a single patient: no validation.
+
+    Args:
+        uids: the studies the trainer has (a subset of ``table``'s).
+        table: every study of the dataset with C1..C7 (``RsnaDataset.train``, or :func:`folds_table`).
+        path: where the folds are saved (``RUN/folds.csv``); ``None``: not saved.
+        val_fraction: the share of patients to validate on.
+        seed: the folds' shuffling seed.
+        val_fold: which fold validates.
+
+    Returns:
+        The sorted training and validation StudyInstanceUIDs of ``uids``.
+
+    Raises:
+        DatasetError: saved folds that do not cover ``table`` or have another number of folds.
+    """
+    uids = sorted(set(uids))
+    group_col = "patient_id" if "patient_id" in table.columns else STUDY_UID
+    n_folds = min(max(2, int(round(1 / val_fraction))) if val_fraction > 0 else 0,
+                  int(table[group_col].nunique()))
+    if n_folds < 2:
+        return uids, []
+    folds = (get_or_make_folds(table, path, n_folds=n_folds, seed=seed) if path is not None
+             else make_folds(table, n_folds=n_folds, seed=seed))
+    held_out = set(folds.loc[folds[FOLD] == val_fold % n_folds, STUDY_UID])
+    return [u for u in uids if u not in held_out], [u for u in uids if u in held_out]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cspine.errors import CspineError
+from cspine.io.archives import UNPACK_HINT, is_archive
 from cspine.io.orient import to_canonical
 from cspine.io.volume import Volume
 from cspine.labels import TEST_CSV, TEST_IMAGES
@@ -68,6 +69,8 @@ def load_study(path: str | Path | Sequence[str | Path], *, workers: int | None =
         p = Path(path)
         if not p.exists():
             raise StudyInputError("not found; give a DICOM study folder or a .nii/.nii.gz CT", p)
+        if is_archive(p):
+            raise StudyInputError(f"{UNPACK_HINT} (a DICOM study folder or a .nii/.nii.gz CT)", p)
         if p.is_file() and is_nifti(p):
             from cspine.io.nifti import read_nifti_volume  # lazy: nibabel only when needed
 
@@ -128,7 +131,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], Path | None
     * a DICOM study folder or a NIfTI file: itself.
 
     Returns:
-        The study paths (each once, in input order) and the first RSNA root's test.csv (or ``None``).
+        The study paths (each once, in input order, also when a symlink names one again) and the first
+        RSNA root's test.csv (or ``None``).
 
     Raises:
         StudyInputError: an input that does not exist.
@@ -147,4 +151,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], Path | None
             studies += sorted(path.iterdir())
         else:
             studies.append(path)
-    return list(dict.fromkeys(studies)), test_csv
+    # each study once, also when named twice (a symlink, a relative and an absolute path): the first name
+    unique: dict[Path, Path] = {}
+    for study in studies:
+        unique.setdefault(study.resolve(), study)
+    return list(unique.values()), test_csv

@@ -51,6 +51,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -233,6 +234,18 @@ class XrayNet(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (the paper's output layer)."""
         return torch.softmax(self.forward(x), dim=1)
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(B, C)`` float32 of preprocessed images ``(B, 3, S, S)`` (inference, numpy
+        in and out: :class:`cspine.xray.batch.RadiographNet`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(x)).to(next(self.parameters()).device)
+                return self.predict_proba(t).float().cpu().numpy()
+        finally:
+            self.train(was_training)
 
     def train(self, mode: bool = True) -> XrayNet:
         super().train(mode)

@@ -63,7 +63,11 @@ class StagedBackbone(nn.Module):
         """Prefix features with the mask added (``mask``: ``(B, 1, H, W)`` at any resolution, or ``None``)."""
         if self.mask_proj is None or mask is None or mask.shape[1] == 0:
             return feats
-        small = F.adaptive_avg_pool2d(mask.to(feats.dtype), feats.shape[-2:])
+        (h, w), (mh, mw) = (int(s) for s in feats.shape[-2:]), (int(s) for s in mask.shape[-2:])
+        if mh % h == 0 and mw % w == 0:  # uniform windows: the same average, and exportable to ONNX
+            small = F.avg_pool2d(mask.to(feats.dtype), (mh // h, mw // w))
+        else:
+            small = F.adaptive_avg_pool2d(mask.to(feats.dtype), (h, w))
         return feats + self.mask_proj(small)
 
     def encode(self, feats: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,10 @@ class SegConfig:
     Attributes:
         backbone: smp encoder name (``"efficientnet-b0"``, ``"resnet18"``, ``"tu-resnet10t"``, ...).
         in_slices: k, adjacent axial slices stacked as channels (odd; the centre slice is labelled).
-        image_size: in-plane size (pixels) every slice is resized to.
+        image_size: in-plane size (pixels) of the model's field (``field_mm``) after resizing.
+        field_mm: side (mm) of the square field around each slice's centre that the model sees, cropped
+            or padded with air, whatever the scanner's field of view; ``None`` resizes the whole slice
+            (models saved before this option).
         include_t1: add T1 as a ninth class (label 8) next to background + C1..C7.
         window: (center, width) HU window clipped and scaled to [0, 1].
         z_spacing: slice spacing (mm) volumes are resampled to, for training and inference alike.
@@ -49,6 +52,7 @@ class SegConfig:
     backbone: str = "efficientnet-b0"
     in_slices: int = 3
     image_size: int = 256
+    field_mm: float | None = None
     include_t1: bool = False
     window: tuple[float, float] = BONE_WINDOW
     z_spacing: float = 2.0

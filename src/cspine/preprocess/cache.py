@@ -42,6 +42,8 @@ import numpy as np
 from cspine.errors import CspineError
 from cspine.fileio import read_json, write_json, write_npy
 from cspine.io.volume import SliceInfo, Volume
+from cspine.output_folder import MANIFEST, OutputFolder, OutputFolderError, open_output_folder
+from cspine.shard import STALE_AFTER_S, Claims, Shard
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class StudyResult:
     """What happened to one study in :func:`prepare_cache`."""
 
     uid: str
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" | "failed" | "busy" (claimed by another worker)
     reason: str | None = None
     shape: tuple[int, int, int] | None = None
     has_mask: bool = False
@@ -89,6 +91,8 @@ class PrepareSummary:
     total: int
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: Studies of this part that another live worker was preparing (sharded runs only).
+    busy: list[str] = field(default_factory=list)
     #: StudyInstanceUID -> why it could not be cached.
     failed: dict[str, str] = field(default_factory=dict)
     masks: int = 0
@@ -276,7 +280,8 @@ def _earlier(study_out: Path, uid: str) -> StudyResult:
 
 def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, split: str = "train",
                   progress: bool = True, loader: Loader | None = None,
-                  uids: list[str] | None = None, bad_masks: str = "error") -> PrepareSummary:
+                  uids: list[str] | None = None, bad_masks: str = "error", shard: Shard | None = None,
+                  stale_after_s: float = STALE_AFTER_S, overwrite: bool = False) -> PrepareSummary:
     """Decode every study of an RSNA root once into ``cache_dir`` (resumable).
 
     Studies whose marker exists are skipped; a study that fails is recorded with its reason and the
@@ -294,12 +299,20 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
         bad_masks: ``"error"`` (default): a mask that fails its checks (NaN, labels outside 0..19, no
             vertebra, a grid that is not the CT's) fails its study; ``"exclude"``: the study is cached
             without it and the exclusion is listed in the summary. Applies to the studies this run prepares.
+        shard: prepare only this part of the sorted studies (:mod:`cspine.shard`); each study is claimed
+            in ``<cache>/.claims`` first, so workers sharing the cache never prepare one study twice, and a
+            dead worker's claim (``stale_after_s``) is retaken. The summary goes to
+            ``summary.part-K-of-N.json``; a later run without a shard writes the whole ``summary.json``.
+        overwrite: use a ``cache_dir`` that holds files of something else than a cspine cache, and replace
+            a ``summary.json`` cspine did not write (:mod:`cspine.output_folder`).
 
     Returns:
         The :class:`PrepareSummary`.
 
     Raises:
         DatasetError: the root's layout or CSVs are invalid.
+        OutputFolderError: ``cache_dir`` is a file, not writable, holds files that are not a cspine cache,
+            or a ``summary.json`` cspine did not write (before any study is read).
     """
     from cspine.io.rsna import RsnaDataset
 
@@ -307,12 +320,14 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
         raise ValueError(f"bad_masks must be one of {BAD_MASK_MODES}, got {bad_masks!r}")
     t0 = time.perf_counter()
     dataset = RsnaDataset(root)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    folder = _open_cache(Path(cache_dir), overwrite)
+    cache_dir = folder.path
     if loader is None:
         # Several studies at once: one decoding process each, not a pool per study on top of ours.
         loader = functools.partial(_load_default, workers=1 if workers > 1 else None)
     all_uids = dataset.uids(split) if uids is None else list(uids)
+    if shard is not None:
+        all_uids = shard.select(all_uids)
     summary = PrepareSummary(str(cache_dir), split, len(all_uids))
     if split == "train":
         summary.box_problems += dataset.box_problems
@@ -331,8 +346,14 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
 
     with _progress(len(all_uids), progress, split) as bar:
         task = bar.add_task("prepare", total=len(all_uids), completed=len(summary.skipped), last="")
-        for result in _run(todo, workers):
-            if result.status == "done":
+        claims = None if shard is None else Claims(cache_dir, stale_after_s=stale_after_s)
+        for result in _run(todo, workers, claims):
+            if result.status == "skipped":  # finished by another worker meanwhile
+                summary.skipped.append(result.uid)
+                _record(summary, result)
+            elif result.status == "busy":
+                summary.busy.append(result.uid)
+            elif result.status == "done":
                 summary.done.append(result.uid)
                 summary.masks += int(result.has_mask)
                 _record(summary, result)
@@ -341,21 +362,61 @@ def prepare_cache(root: str | Path, cache_dir: str | Path, *, workers: int = 1, 
                 log.warning("study %s failed: %s", result.uid, result.reason)
             bar.update(task, advance=1, last=f"{result.uid[-12:]} {result.status}")
     summary.seconds = time.perf_counter() - t0
-    write_json(cache_dir / SUMMARY_FILE, summary.to_dict())
+    name = SUMMARY_FILE if shard is None else f"summary.{shard.label}.json"
+    write_json(cache_dir / name, summary.to_dict())
+    if shard is None:  # sharded workers share the folder: none of them rewrites the manifest
+        folder.record(SUMMARY_FILE)
     return summary
 
 
-def _run(todo: list[tuple[Any, ...]], workers: int) -> Iterator[StudyResult]:
+def _open_cache(cache_dir: Path, overwrite: bool) -> OutputFolder:
+    """The cache folder, checked before any work: writable, a cspine cache (or empty), and its
+    ``summary.json`` cspine's own. A folder with files but no manifest is a cache of an earlier cspine
+    version when it holds finished studies (their ``done.json``); its summary is then adopted."""
+    folder = open_output_folder(cache_dir, overwrite=overwrite, command="cspine ct prepare")
+    if (cache_dir / MANIFEST).is_file():
+        folder.check([SUMMARY_FILE], "cspine ct prepare")
+        return folder
+    entries = sorted(p for p in cache_dir.iterdir() if not p.name.startswith("."))
+    earlier = any((p / DONE_FILE).is_file() for p in entries if p.is_dir())
+    if entries and not earlier and not overwrite:
+        shown = ", ".join(p.name for p in entries[:3]) + (" ..." if len(entries) > 3 else "")
+        raise OutputFolderError(f"holds files that are not a cspine cache ({shown}); give an empty or new "
+                                "--cache folder, or pass --overwrite to use it anyway", cache_dir)
+    if not earlier:
+        folder.check([SUMMARY_FILE], "cspine ct prepare")
+    # The manifest marks the folder as a cache at once (sharded workers starting together all write the
+    # same one), so a worker starting later sees a cache, not a folder of someone else's files.
+    folder.record(*([SUMMARY_FILE] if earlier else []))
+    return folder
+
+
+def prepare_claimed(claims: Claims, uid: str, study_dir: Path, *args: Any) -> StudyResult:
+    """:func:`prepare_study` under the study's claim: ``busy`` when a live worker holds it, ``skipped``
+    when another worker finished it meanwhile."""
+    claim = claims.acquire(uid)
+    if claim is None:
+        return StudyResult(uid, "busy", "being prepared by another worker")
+    with claim:
+        out_dir = args[1]
+        if is_done(out_dir):
+            return _earlier(out_dir, uid)
+        return prepare_study(uid, study_dir, *args)
+
+
+def _run(todo: list[tuple[Any, ...]], workers: int, claims: Claims | None = None) -> Iterator[StudyResult]:
+    work: Callable[..., StudyResult] = (prepare_study if claims is None
+                                        else functools.partial(prepare_claimed, claims))
     if workers <= 1 or len(todo) <= 1:
         for args in todo:
-            yield prepare_study(*args)
+            yield work(*args)
         return
     # forkserver: the parent runs a progress-bar thread, and forking a threaded process can deadlock.
     method = "forkserver" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(method)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
-        futures: dict[Future[StudyResult], str] = {pool.submit(prepare_study, *a): a[0] for a in todo}
+        futures: dict[Future[StudyResult], str] = {pool.submit(work, *a): a[0] for a in todo}
         for fut in as_completed(futures):
             try:
                 yield fut.result()

@@ -1,2 +1,3 @@
-"""Named, importable facts that the CLI and the pipelines read: pretrained weights (and, as they move
-here, presets, stages and splits). Nothing in this package imports torch, so listing them is instant."""
+"""Named, importable facts that the CLI and the pipelines read: CT training presets (:mod:`.presets`),
+pipeline stages (:mod:`.stages`), dataset splits (:mod:`.splits`) and pretrained weights
+(:mod:`.weights`). Nothing in this package imports torch, so listing them is instant."""

@@ -180,7 +180,7 @@ def generate_ct_dataset(
     plan = study_plan(n_studies, n_test, seed)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(plan), desc="synthetic CT studies", unit="study", disable=not progress)
+    bar = tqdm(total=len(plan), desc="synthetic CT studies", unit="study", disable=None if progress else True)
     records: list[dict[str, Any]] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -252,7 +252,8 @@ def generate_xray_dataset(out: str | Path, n_images: int, seed: int = 0, progres
     rng = np.random.default_rng([seed, 4242])
     rows = []
     patient_seed, patient_label = None, None
-    for i in tqdm(range(n_images), desc="synthetic radiographs", unit="image", disable=not progress):
+    for i in tqdm(range(n_images), desc="synthetic radiographs", unit="image",
+                  disable=None if progress else True):
         if patient_seed is not None and rng.random() < 1 / 6:
             label, phantom_seed = patient_label, patient_seed
         else:

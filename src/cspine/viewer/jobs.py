@@ -150,7 +150,9 @@ class JobRunner:
         extract_zip(zip_path, study_dir, self.limits)
         zip_path.unlink()
         job.message = "predicting"
-        summary = predict_many([study_dir], self.model, result_dir, explain=True, progress=False)
+        point = self.store.serve_point
+        summary = predict_many([study_dir], self.model, result_dir, explain=True, progress=False,
+                               operating_point=None if point is None else point.point)
         if not summary.predicted:
             reasons = "; ".join(reason for _, reason in summary.failed) or "no study found in the zip"
             raise CspineError(f"the study could not be predicted: {reasons}")
@@ -162,7 +164,7 @@ class JobRunner:
             if entry is None:
                 raise CspineError("the prediction wrote no result document")
             build_view(entry.doc["source"], self.model, view_dir_for(result_dir, uid), entry.doc,
-                       flagged_vertebrae(entry.doc))
+                       flagged_vertebrae(entry.doc, self.store.serve_point))
         job.message = "done" if not summary.failed else \
             f"done; {len(summary.failed)} other series in the zip failed"
 
@@ -171,6 +173,7 @@ class JobRunner:
         if not source or not Path(source).exists():
             raise CspineError("the study's source recorded in its result is no longer there")
         job.message = "decoding and segmenting"
-        build_view(source, self.model, entry.view_dir, entry.doc, flagged_vertebrae(entry.doc))
+        build_view(source, self.model, entry.view_dir, entry.doc,
+                   flagged_vertebrae(entry.doc, self.store.serve_point))
         job.study_keys = [entry.key]
         job.message = "done"

@@ -19,15 +19,19 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cspine.fileio import read_json
 from cspine.labels import LABEL_OF, PATIENT_OVERALL, VERTEBRAE
 from cspine.viewer.volumes import CT_FILE, HEAT_FILE, LABELS_FILE, read_view, view_dir_for
 
+if TYPE_CHECKING:
+    from cspine.ct.cls.operating_points import ResolvedOperatingPoint
+
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_THRESHOLD", "StudyEntry", "StudyStore", "flagged_vertebrae", "operating_point"]
+__all__ = ["DEFAULT_THRESHOLD", "ServePoint", "StudyEntry", "StudyStore", "flagged_vertebrae",
+           "operating_point", "resolve_serve_point"]
 
 #: The decision threshold when a result carries no operating point.
 DEFAULT_THRESHOLD = 0.5
@@ -50,17 +54,71 @@ class StudyEntry:
         return view_dir_for(self.folder, self.uid)
 
 
-def operating_point(doc: dict[str, Any]) -> dict[str, Any]:
-    """The thresholds a result was called at (``operating_point`` of ``<UID>.json``, written by
-    ``cspine ct predict --operating-point``), or the default 0.5 with a note saying so."""
+@dataclass(frozen=True)
+class ServePoint:
+    """The operating point of ``cspine serve``: the one ``--operating-point`` names (``explicit``: it
+    replaces every result's own calls), or the model's default (used only for results without one)."""
+
+    point: ResolvedOperatingPoint
+    explicit: bool = False
+
+
+def resolve_serve_point(spec: str | None, model: Any | None) -> ServePoint | None:
+    """``cspine serve --operating-point``: read as ``cspine ct predict`` reads it
+    (:func:`cspine.ct.cls.operating_points.resolve_requested_point`: default ``sens90`` when the model
+    stores points). Without a model only a threshold ``0.NN`` can be given.
+
+    Raises:
+        OperatingPointError: an unknown point, a number outside (0, 1), a named point without --model.
+    """
+    from cspine.ct.cls.operating_points import (
+        OperatingPointError,
+        resolve_operating_point,
+        resolve_requested_point,
+    )
+
+    if model is None:
+        if spec is None:
+            return None
+        try:
+            float(spec)
+        except ValueError:
+            raise OperatingPointError(f"--operating-point {spec}: a stored point needs --model RUN (the "
+                                      "points are stored with the model); give a threshold such as 0.3"
+                                      ) from None
+        return ServePoint(resolve_operating_point(spec, None), explicit=True)
+    point = resolve_requested_point(spec, model.operating_points())
+    return None if point is None else ServePoint(point, explicit=spec is not None)
+
+
+def _own_point(doc: dict[str, Any]) -> dict[str, Any] | None:
     op = doc.get("operating_point")
     if isinstance(op, dict):
         vert, pat = op.get("vertebra_threshold"), op.get("patient_threshold")
         if isinstance(vert, int | float) and isinstance(pat, int | float):
             return {"name": str(op.get("name") or f"{float(vert):g}"), "vertebra": float(vert),
-                    "patient": float(pat), "source": op.get("source"), "note": None}
+                    "patient": float(pat), "source": op.get("source"), "note": None, "recalled": False}
+    return None
+
+
+def operating_point(doc: dict[str, Any], serve: ServePoint | None = None) -> dict[str, Any]:
+    """The thresholds a result is shown at: ``serve``'s when it was asked for explicitly (the result's
+    own calls are then replaced: ``recalled``), else the result's own (``operating_point`` of
+    ``<UID>.json``, written by ``cspine ct predict --operating-point``), else ``serve``'s default point,
+    else 0.5; a note says which when it is not the result's own."""
+    own = _own_point(doc)
+    if serve is not None and (serve.explicit or own is None):
+        p = serve.point
+        note = ("predicted without an operating point" if own is None else
+                f"predicted at {own['name']}") + f"; called here at {p.name} (cspine serve)"
+        if own is not None and own["vertebra"] == p.vertebra and own["patient"] == p.patient:
+            note = None
+        return {"name": p.name, "vertebra": float(p.vertebra), "patient": float(p.patient),
+                "source": p.source, "note": note, "recalled": note is not None}
+    if own is not None:
+        return own
     return {"name": f"{DEFAULT_THRESHOLD:g} (default)", "vertebra": DEFAULT_THRESHOLD,
-            "patient": DEFAULT_THRESHOLD, "source": None,
+            "patient": DEFAULT_THRESHOLD, "source": None, "recalled": False,
             "note": f"predicted without an operating point; p >= {DEFAULT_THRESHOLD:g} is flagged here"}
 
 
@@ -68,19 +126,20 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _positive(value: Any, probability: float | None, threshold: float) -> bool:
-    """The result's own call when it made one, else ``probability >= threshold`` (no probability: no)."""
-    if isinstance(value, bool):
+def _positive(value: Any, probability: float | None, threshold: float, own_calls: bool = True) -> bool:
+    """The result's own call when it made one (and ``own_calls``), else ``probability >= threshold``
+    (no probability: no)."""
+    if own_calls and isinstance(value, bool):
         return value
     return probability is not None and probability >= threshold
 
 
-def flagged_vertebrae(doc: dict[str, Any]) -> list[str]:
-    """The vertebrae a result flags (its own calls, else p >= the default threshold), in C1..C7 order."""
-    op = operating_point(doc)
+def flagged_vertebrae(doc: dict[str, Any], serve: ServePoint | None = None) -> list[str]:
+    """The vertebrae a result flags at :func:`operating_point`'s thresholds, in C1..C7 order."""
+    op = operating_point(doc, serve)
     probs, verts = doc.get("probabilities") or {}, doc.get("vertebrae") or {}
-    return [v for v in VERTEBRAE
-            if _positive((verts.get(v) or {}).get("positive"), _number(probs.get(v)), op["vertebra"])]
+    return [v for v in VERTEBRAE if _positive((verts.get(v) or {}).get("positive"), _number(probs.get(v)),
+                                              op["vertebra"], not op["recalled"])]
 
 
 def _is_result(doc: Any) -> bool:
@@ -99,9 +158,12 @@ class StudyStore:
     Args:
         folders: results folders of ``cspine ct predict``.
         secret: the key secret (default: random per process).
+        serve_point: the operating point of ``cspine serve`` (:func:`operating_point`).
     """
 
-    def __init__(self, folders: list[Path] | tuple[Path, ...] = (), secret: bytes | None = None) -> None:
+    def __init__(self, folders: list[Path] | tuple[Path, ...] = (), secret: bytes | None = None,
+                 serve_point: ServePoint | None = None) -> None:
+        self.serve_point = serve_point
         self._secret = secret or secrets.token_bytes(32)
         self._folders: dict[Path, str] = {}
         self._cache: dict[Path, tuple[int, StudyEntry | None]] = {}
@@ -174,13 +236,14 @@ class StudyStore:
         doc = entry.doc
         return {"key": entry.key, "study_uid": entry.uid, "origin": entry.origin,
                 "patient_overall": _number(doc["probabilities"][PATIENT_OVERALL]),
-                "flagged": flagged_vertebrae(doc), "status": doc.get("status"),
+                "flagged": flagged_vertebrae(doc, self.serve_point), "status": doc.get("status"),
                 "view_ready": read_view(entry.view_dir) is not None}
 
     def detail(self, entry: StudyEntry) -> dict[str, Any]:
         """Everything the study page shows except the view status (the caller adds it)."""
         doc = entry.doc
-        op = operating_point(doc)
+        op = operating_point(doc, self.serve_point)
+        own_calls = not op["recalled"]
         probs = doc["probabilities"]
         verts = doc.get("vertebrae") or {}
         prior = doc.get("prior") or {}
@@ -192,7 +255,7 @@ class StudyStore:
             attention = None if att is None else {"weights": att.get("weights") or [],
                                                   "slice_indices": att.get("slice_indices") or []}
             rows.append({"name": v, "label": LABEL_OF[v], "probability": p, "prior": _number(prior.get(v)),
-                         "positive": _positive(d.get("positive"), p, op["vertebra"]),
+                         "positive": _positive(d.get("positive"), p, op["vertebra"], own_calls),
                          "present": bool(d.get("present", False)), "z_range": d.get("z_range"),
                          "centroid": d.get("centroid"),
                          "attention": attention})
@@ -200,7 +263,8 @@ class StudyStore:
         return {"key": entry.key, "study_uid": entry.uid, "origin": entry.origin,
                 "status": doc.get("status"), "status_reason": doc.get("status_reason"),
                 "patient": {"probability": patient,
-                            "positive": _positive(doc.get("patient_positive"), patient, op["patient"])},
+                            "positive": _positive(doc.get("patient_positive"), patient, op["patient"],
+                                                  own_calls)},
                 "operating_point": op, "vertebrae": rows,
                 "seconds": doc.get("seconds") or {}, "model": model_summary(doc),
                 "warnings": [str(w) for w in doc.get("warnings") or []],

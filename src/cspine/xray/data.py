@@ -19,6 +19,7 @@ validation/test.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cspine.errors import DatasetError
+from cspine.errors import DatasetError, ImageError
 from cspine.fileio import read_json, write_json
-from cspine.io.images import is_image_file, read_image
+from cspine.io.images import DEFAULT_MAX_PIXELS, image_shape, is_image_file, read_image
 from cspine.labels import XRAY_CLASSES
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,13 @@ class XrayItem:
 
 @dataclass(frozen=True)
 class XrayDataset:
-    """All radiographs of a dataset, with its root (for relative paths) and class names."""
+    """All radiographs of a dataset, with its root (for relative paths), class names and the largest image
+    it reads (``max_pixels``, see :func:`cspine.io.images.read_image`)."""
 
     root: Path
     items: tuple[XrayItem, ...]
     class_names: tuple[str, ...]
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def key(self, item: XrayItem) -> str:
         """The item's path relative to the root (POSIX), as stored in ``splits.json``."""
@@ -80,18 +83,43 @@ def _check_classes(counts: Counter, where: Path) -> None:
             "(e.g. normal/, fracture/, dislocation/)", where)
 
 
-def load_dataset(source: str | Path, class_names: Sequence[str] | None = None) -> XrayDataset:
+def load_dataset(source: str | Path, class_names: Sequence[str] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> XrayDataset:
     """Read a class-folder dataset or a ``path,label[,patient_id]`` CSV.
 
     Args:
         source: the dataset folder or CSV file.
         class_names: the expected class order (e.g. a trained model's); images of other classes are
             an error. ``None`` = from the data.
+        max_pixels: the largest image the dataset's readers accept (checked when images are read, or
+            by :func:`check_images`).
 
     Raises:
         DatasetError: missing source, empty class folder, unknown label, fewer than two classes.
     """
-    source = Path(source)
+    data = _load_dataset(Path(source), class_names)
+    return dataclasses.replace(data, max_pixels=max_pixels)
+
+
+def check_images(data: XrayDataset) -> None:
+    """Read every image's header (no pixel is decoded): refuse a dataset with an unreadable image or one
+    larger than ``data.max_pixels`` before any work starts.
+
+    Raises:
+        ImageError: naming the first bad image and how many more there are.
+    """
+    bad: list[ImageError] = []
+    for item in data.items:
+        try:
+            image_shape(item.path, data.max_pixels)
+        except ImageError as exc:
+            bad.append(exc)
+    if bad:
+        more = f" ({len(bad) - 1} more image(s) of the dataset fail too)" if len(bad) > 1 else ""
+        raise ImageError(f"{bad[0]}{more}")
+
+
+def _load_dataset(source: Path, class_names: Sequence[str] | None) -> XrayDataset:
     if not source.exists():
         raise DatasetError("dataset not found (expected a folder per class or a CSV)", source)
     if source.is_file():
@@ -246,7 +274,7 @@ def perceptual_hashes(data: XrayDataset, indices: Sequence[int] | None = None,
     idx = range(len(data.items)) if indices is None else indices
     out = []
     for i in idx:
-        img = read_image(data.items[i].path)
+        img = read_image(data.items[i].path, data.max_pixels)
         pil = Image.fromarray(np.round(img * 255).astype(np.uint8))
         out.append(imagehash.phash(pil, hash_size=hash_size).hash.ravel())
     return np.asarray(out, dtype=bool).reshape(len(out), hash_size * hash_size)

@@ -11,6 +11,7 @@ blended over the radiograph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cspine.fileio import atomic_path
-from cspine.io.images import read_image
+from cspine.io.images import DEFAULT_MAX_PIXELS, read_image
 from cspine.models.radiograph import XrayNet
 from cspine.xray.transforms import preprocess
 
@@ -86,14 +87,36 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
+def unique_stems(paths: Sequence[Path]) -> dict[Path, str]:
+    """A distinct output stem per image: the file name's stem, with ``-2``, ``-3``... appended to the
+    second and later images of the same stem (``a/p0.png`` and ``b/p0.png`` must not share a PNG)."""
+    out: dict[Path, str] = {}
+    taken: set[str] = set()
+    for p in paths:
+        stem, k = Path(p).stem, 2
+        while stem in taken:
+            stem, k = f"{Path(p).stem}-{k}", k + 1
+        taken.add(stem)
+        out[Path(p)] = stem
+    return out
+
+
+def saliency_names(stem: str, tag: str = "") -> tuple[str, str]:
+    """File names of the saliency and Grad-CAM PNGs of an image with output stem ``stem``."""
+    base = stem + (f".{tag}" if tag else "")
+    return f"{base}.saliency.png", f"{base}.gradcam.png"
+
+
 def write_saliency(model: XrayNet, image_path: str | Path, out_dir: str | Path, tag: str = "",
-                   target: int | None = None) -> tuple[Path, Path]:
-    """Write ``<stem>[.<tag>].saliency.png`` and ``<stem>[.<tag>].gradcam.png`` into ``out_dir``."""
+                   target: int | None = None, *, stem: str | None = None,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Path, Path]:
+    """Write ``<stem>[.<tag>].saliency.png`` and ``<stem>[.<tag>].gradcam.png`` into ``out_dir``
+    (``stem``: the image's file stem unless given, see :func:`unique_stems`)."""
     image_path, out_dir = Path(image_path), Path(out_dir)
-    img = read_image(image_path)
+    img = read_image(image_path, max_pixels)
     sal, cam, _ = saliency_maps(model, img, target)
-    stem = image_path.stem + (f".{tag}" if tag else "")
-    p_sal, p_cam = out_dir / f"{stem}.saliency.png", out_dir / f"{stem}.gradcam.png"
+    name_sal, name_cam = saliency_names(image_path.stem if stem is None else stem, tag)
+    p_sal, p_cam = out_dir / name_sal, out_dir / name_cam
     _write_png(p_sal, np.round(sal * 255).astype(np.uint8))
     _write_png(p_cam, overlay(img, cam))
     return p_sal, p_cam

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from cspine import distributed as ddp
 from cspine.checkpoint import (
     LOG,
     load_training_state,
@@ -48,6 +49,7 @@ from cspine.checkpoint import (
 )
 from cspine.errors import DatasetError
 from cspine.fileio import append_jsonl, read_jsonl, write_json, write_text
+from cspine.io.images import DEFAULT_MAX_PIXELS
 from cspine.metrics.multiclass import json_safe, multiclass_metrics
 from cspine.models.radiograph import (
     CHECKPOINT_KIND,
@@ -56,10 +58,12 @@ from cspine.models.radiograph import (
     build_xray_model,
     check_pretrained_source,
 )
+from cspine.output_folder import OutputFolderError, open_output_folder
 from cspine.runtime import resolve_device, seed_everything
 from cspine.xray.data import (
     SPLITS_FILE,
     XrayDataset,
+    check_images,
     check_leakage,
     load_dataset,
     load_splits,
@@ -131,7 +135,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device,
     total, n = 0.0, 0
     ys, ps = [], []
     ctx = torch.enable_grad() if train else torch.inference_mode()
-    with ctx, tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch") as bar:
+    with ctx, tqdm(loader, desc=desc, leave=False, disable=None if progress else True, unit="batch") as bar:
         for k, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
             logits = model(x)
@@ -176,7 +180,7 @@ def frozen_features(model: XrayNet, ds: ImageSet, device: torch.device, batch: i
     feats, labels = [], []
     with torch.inference_mode():
         for x, y in tqdm(_loader(ds, batch, False, 0, 0), desc="frozen features", leave=False,
-                         disable=not progress, unit="batch"):
+                         disable=None if progress else True, unit="batch"):
             feats.append(model.forward_frozen(x.to(device)).to("cpu", torch.float16))
             labels.append(y)
     return TensorDataset(torch.cat(feats), torch.cat(labels))
@@ -199,7 +203,7 @@ def prepare_splits(data: XrayDataset, out: Path, cfg: XrayTrainConfig,
 def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayConfig,
                train_cfg: XrayTrainConfig = XrayTrainConfig(), device: str | None = None,
                resume: bool = False, splits_file: str | Path | None = None,
-               progress: bool = True) -> TrainResult:
+               progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TrainResult:
     """Train a radiograph classifier and keep the best validation checkpoint in ``out``.
 
     Args:
@@ -210,30 +214,47 @@ def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayC
         device: ``"cpu"``, ``"cuda"`` or ``None`` = auto.
         resume: continue from ``out/last.*`` (a finished run is left as it is).
         splits_file: a ``splits.json`` to reuse instead of a new random split.
+        max_pixels: the largest image read when ``data`` is a path (a loaded dataset has its own).
 
     Raises:
         DatasetError: bad dataset, or ``out`` already holds a run and ``resume`` is off.
+        ImageError: an image whose header cannot be read or claims more than ``max_pixels`` pixels
+            (every header is read before anything is written).
+        OutputFolderError: ``out`` is a file or cannot be created or written.
         CheckpointError: pretrained weights that are pickled, missing or do not fit.
     """
     out = Path(out)
     check_pretrained_source(model_cfg)  # before anything is read or written
-    dev = resolve_device(device)
+    ddp.init_from_env(device)  # under torchrun: join the ranks (no-op otherwise)
+    dev = resolve_device(ddp.local_device(device))
+    world = ddp.world_size()
+    if train_cfg.batch_size % world:
+        raise DatasetError(f"batch size {train_cfg.batch_size} does not split over {world} processes; give a "
+                           "multiple of the process count (each takes an equal share)")
     if not isinstance(data, XrayDataset):
-        data = load_dataset(data)
-    if out.exists() and any(out.iterdir()) and not resume:
+        data = load_dataset(data, max_pixels=max_pixels)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError("is a file, not a folder; give a new folder for the model", out)
+    if out.is_dir() and any(out.iterdir()) and not resume:
         raise DatasetError("already holds files; pass --resume to continue that run or choose a new "
                            "--out (nothing is overwritten)", out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_images(data)  # a broken or gigantic image stops the run now, not after an hour of training
+    ddp.barrier()  # every rank checked the folder before rank 0 writes into it
     model_cfg = model_cfg.replace(classes=tuple(data.class_names))
     seed_everything(train_cfg.seed)
-    splits = prepare_splits(data, out, train_cfg, Path(splits_file) if splits_file else None)
+    if ddp.is_main():  # only rank 0 writes; the others read its split
+        open_output_folder(out, command="cspine xray train")  # created and writable, or a clear error
+        splits = prepare_splits(data, out, train_cfg, Path(splits_file) if splits_file else None)
+    ddp.barrier()
+    if not ddp.is_main():
+        splits = load_splits(out / SPLITS_FILE, data)
     size = int(model_cfg.image_size)  # type: ignore[arg-type]
 
     def subset(split: str, aug: Augment | None) -> ImageSet:
         idx = splits[split]
         return ImageSet([data.items[i].path for i in idx], [data.items[i].label for i in idx], size,
                         mean=model_cfg.mean, std=model_cfg.std, aug=aug,  # type: ignore[arg-type]
-                        seed=train_cfg.seed)
+                        seed=train_cfg.seed, max_pixels=data.max_pixels)
 
     train_set: Dataset = subset("train", Augment(enabled=train_cfg.augment))
     val_set: Dataset = subset("val", None)
@@ -257,41 +278,55 @@ def train_xray(data: str | Path | XrayDataset, out: str | Path, model_cfg: XrayC
             log.info("resuming %s after epoch %d", out, state["epoch"])
             # keep the log consistent with the restored state (an epoch may have been logged
             # before a crash prevented its state from being saved)
-            if (out / LOG).is_file():
+            if (out / LOG).is_file() and ddp.is_main():
                 kept = [r for r in read_jsonl(out / LOG) if r.get("epoch", 0) <= state["epoch"]]
                 write_text(out / LOG, "".join(_jsonl(r) for r in kept))
-    write_json(out / "train_config.json", asdict(train_cfg))
+    if ddp.is_main():
+        write_json(out / "train_config.json", asdict(train_cfg))
+    fit_net = ddp.wrap_ddp(train_net, dev)  # gradients averaged across ranks under torchrun
     history = read_jsonl(out / LOG) if (out / LOG).is_file() else []
     epochs = range(int(state["epoch"]) + 1, train_cfg.epochs + 1)
-    for epoch in tqdm(epochs, desc=f"{model_cfg.arch}", unit="epoch", disable=not progress):
+    for epoch in tqdm(epochs, desc=f"{model_cfg.arch}", unit="epoch", disable=None if progress else True):
         t0 = time.perf_counter()
         seed_everything(train_cfg.seed + epoch)
         lr = optimizer.param_groups[0]["lr"]
         tl = _loader(train_set, train_cfg.batch_size, True, train_cfg.seed + epoch, train_cfg.num_workers)
+        shard = ddp.sampler(train_set, shuffle=True, seed=train_cfg.seed + epoch)
+        if shard is not None:  # each rank its share of every global batch
+            tl = DataLoader(train_set, batch_size=train_cfg.batch_size // world, sampler=shard,
+                            num_workers=train_cfg.num_workers)
         vl = _loader(val_set, train_cfg.batch_size, False, 0, train_cfg.num_workers)
         lr_at = _warmup(lr, epoch, len(tl), train_cfg.warmup_epochs)
-        train_loss, ty, tp = run_epoch(train_net, tl, dev, optimizer, f"epoch {epoch} train", progress,
+        train_loss, ty, tp = run_epoch(fit_net, tl, dev, optimizer, f"epoch {epoch} train", progress,
                                        lr_at, train_cfg.clip_grad_norm)
         for group in optimizer.param_groups:  # the schedule steps from the epoch's nominal rate
             group["lr"] = lr
-        val_loss, vy, vp = run_epoch(val_net, vl, dev, None, f"epoch {epoch} val", progress)
+        loss_sum, n_seen, n_right = ddp.all_reduce_sums(
+            [train_loss * len(ty), len(ty), float((tp.argmax(1) == ty).sum())], dev)
+        train_loss, train_acc = loss_sum / max(n_seen, 1), n_right / max(n_seen, 1)
+        val_loss, vm = 0.0, {}
+        if ddp.is_main():  # validation once, on rank 0; every rank gets its result
+            val_loss, vy, vp = run_epoch(val_net, vl, dev, None, f"epoch {epoch} val", progress)
+            vm = multiclass_metrics(vy, vp, data.class_names)
+        val_loss, vm = ddp.broadcast_object((val_loss, vm))
         scheduler.step()
-        vm = multiclass_metrics(vy, vp, data.class_names)
         record = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  "train_accuracy": float((tp.argmax(1) == ty).mean()), "val_loss": val_loss,
+                  "train_accuracy": train_acc, "val_loss": val_loss,
                   "val_accuracy": vm["accuracy"], "val_macro_f1": vm["macro"]["f1"],
                   "seconds": time.perf_counter() - t0}
         better = (vm["accuracy"] > state["best_acc"]
                   or (vm["accuracy"] == state["best_acc"] and val_loss < state["best_loss"]))
         if better:
             state.update(best_epoch=epoch, best_acc=vm["accuracy"], best_loss=val_loss)
+        if better and ddp.is_main():
             save_model(out, model, model_cfg, CHECKPOINT_KIND,
                        extra={"epoch": epoch, "val": json_safe(vm), "train": asdict(train_cfg)})
         record["best"] = better
-        append_jsonl(out / LOG, json_safe(record))
         history.append(json_safe(record))
         state["epoch"] = epoch
-        save_training_state(out, model, optimizer, scheduler, state)
+        if ddp.is_main():
+            append_jsonl(out / LOG, json_safe(record))
+            save_training_state(out, model, optimizer, scheduler, state)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.3f%s", epoch, train_loss, val_loss,
                  vm["accuracy"], " (best)" if better else "")
     return TrainResult(out, int(state["best_epoch"]), float(state["best_acc"]), int(state["epoch"]), history)

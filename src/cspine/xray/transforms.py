@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cspine.xray.preprocess import normalize_array, unit_square
+
 #: Per-channel (R, G, B) values, as in ``XrayConfig.mean`` / ``XrayConfig.std``.
 Triple = tuple[float, float, float]
 
@@ -36,10 +38,7 @@ class Augment:
 
 def resize_unit(img: np.ndarray, size: int) -> torch.Tensor:
     """A ``(H, W)`` [0, 1] image as a ``(1, size, size)`` float32 tensor (antialiased bilinear)."""
-    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return t[0].clamp_(0, 1)
+    return torch.from_numpy(unit_square(img, size))
 
 
 def augment(gray: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,9 +60,7 @@ def augment(gray: torch.Tensor, aug: Augment, generator: torch.Generator | None 
 
 def normalize(gray: torch.Tensor, mean: Triple, std: Triple) -> torch.Tensor:
     """``(1, S, S)`` [0, 1] -> ``(3, S, S)``: the gray copied to R, G and B, then ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=gray.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=gray.dtype).view(3, 1, 1)
-    return (gray.expand(3, -1, -1) - m) / s
+    return torch.from_numpy(normalize_array(gray.detach().cpu().numpy(), mean, std))
 
 
 def preprocess(img: np.ndarray, size: int, mean: Triple, std: Triple) -> torch.Tensor:

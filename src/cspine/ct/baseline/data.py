@@ -1,14 +1,13 @@
 """Training samples of the one-stage baseline: one whole-study stack per study with its labels.
 
-Studies come from an RSNA root (volumes from the preprocessing cache when given, else decoded with
-:func:`cspine.io.study.load_study`) or from memory (:class:`BaselineStudy`). No mask is needed: the
-baseline uses every training study, with or without a segmentation. Stacks are kept as uint8 (the
-[0, 1] bone window in 255 steps) like stage 2's crops.
+Studies come from an RSNA root (the CT trainers' one loader, :mod:`cspine.ct.training_studies`:
+volumes from the preprocessing cache when given, else decoded) or from memory (:class:`BaselineStudy`).
+No mask is needed: the baseline uses every training study, with or without a segmentation. Stacks are
+kept as uint8 (the [0, 1] bone window in 255 steps) like stage 2's crops.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cspine.ct.baseline.inputs import stack_slice_targets, study_stack
-from cspine.ct.cls.dataset import box_slices_of, to_uint8
+from cspine.ct.cls.dataset import to_uint8
 from cspine.io.volume import Volume
 from cspine.labels import VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,28 +60,9 @@ def sample_from_study(study: BaselineStudy, cfg: ClsConfig) -> StudySample:
 
 def iter_baseline_studies(data: Path, *, cache: Path | None = None,
                           uids: Sequence[str] | None = None) -> Iterator[BaselineStudy]:
-    """Yield the training studies of an RSNA root; a study that cannot be read is skipped with a warning."""
-    from cspine.errors import CspineError
-    from cspine.io.rsna import RsnaDataset
+    """Yield the training studies of an RSNA root (:func:`cspine.ct.training_studies.iter_training_studies`,
+    without their masks); a study that cannot be read is skipped with a warning."""
+    from cspine.ct.training_studies import iter_training_studies
 
-    ds = RsnaDataset(data)
-    store = None
-    if cache is not None:
-        from cspine.preprocess.cache import StudyCache
-
-        store = StudyCache(cache)
-    labels_df = ds.train.set_index("StudyInstanceUID")
-    for uid in uids or ds.train_uids():
-        try:
-            if store is not None and store.has(uid):
-                volume = store.load(uid)
-            else:
-                from cspine.io.study import load_study
-
-                volume = load_study(ds.study_dir(uid), workers=1)
-        except (CspineError, OSError, ValueError) as exc:
-            log.warning("study %s skipped: %s", uid, exc)
-            continue
-        row = labels_df.loc[uid]
-        labels = {v: int(row[v]) for v in VERTEBRAE}
-        yield BaselineStudy(uid, volume, labels, box_slices_of(volume, ds.boxes, uid))
+    for study in iter_training_studies(data, cache=cache, uids=uids, masks=False, workers=1):
+        yield BaselineStudy(study.uid, study.volume, study.labels, study.box_slices)

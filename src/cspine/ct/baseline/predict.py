@@ -130,7 +130,7 @@ def predict_studies(inputs: Sequence[str | Path] | Mapping[str, Volume], model: 
     out_dir.mkdir(parents=True, exist_ok=True)
     items: list[Any] = list(inputs.items()) if isinstance(inputs, Mapping) else expand_inputs(inputs)[0]
     rows = []
-    for item in tqdm(items, desc="baseline predict", unit="study", disable=not progress):
+    for item in tqdm(items, desc="baseline predict", unit="study", disable=None if progress else True):
         try:
             uid, volume = item if isinstance(item, tuple) else _load_input(Path(item))
             rows.append(predict_volume(volume, model).row(uid))

@@ -15,11 +15,11 @@ the comparison measures what localising the vertebrae first is worth:
 * sampling: fractured and intact *studies* drawn with equal probability (``pos_fraction``), an epoch
   being as many draws as there are training studies (stage 2: as many as crops, seven per study,
   each a seventh of a study's slices, so both see each study about equally often per epoch);
-* split: the same patient-level split (:func:`~cspine.ct.cls.train.split_patients`, same seed and
-  fraction; identical to stage 2's when both see the same studies);
+* split: the same patient-level folds (:func:`~cspine.ct.cls.train.run_split`, same seed and fraction,
+  saved as ``folds.csv`` in the model folder; identical to stage 2's when both train from one RSNA root);
 * selection and calibration: the epoch with the lowest calibrated validation weighted loss; the
   temperature/bias of the levels and of the patient noisy-OR fitted on the validation split with
-  :mod:`cspine.ct.cls.calibrate`.
+  :mod:`cspine.ct.cls.calibrate`; all of it stage 2's training skeleton, :func:`cspine.ct.cls.loop.fit`.
 """
 
 from __future__ import annotations
@@ -35,46 +35,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cspine.checkpoint import (
-    LOG,
-    METRICS,
-    WEIGHTS,
-    load_training_state,
-    load_weights,
-    save_model,
-)
 from cspine.ct.baseline.data import BaselineStudy, StudySample, iter_baseline_studies, sample_from_study
 from cspine.ct.baseline.model import KIND, build_study_classifier
-from cspine.ct.cls.calibrate import (
-    DEFAULT_PATIENT_POOL,
-    Calibration,
-    fit_calibration,
-    fit_patient_calibration,
-    logit,
-    pool_vertebrae,
-    weighted_nll,
-)
 from cspine.ct.cls.dataset import CropDataset
-from cspine.ct.cls.loop import balanced_sampler, end_epoch, steps_per_epoch, train_epoch, warmup_cosine
-from cspine.ct.cls.train import (
-    ClsTrainConfig,
-    evaluate_split,
-    predict_logits,
-    split_patients,
-    weighted_bce_loss,
-)
+from cspine.ct.cls.loop import FitData, check_out_folder, fit
+from cspine.ct.cls.train import ClsTrainConfig, predict_logits, run_split, weighted_bce_loss
 from cspine.errors import CspineError, DatasetError
-from cspine.fileio import write_json
-from cspine.labels import PATIENT_WEIGHTS, VERTEBRAE
+from cspine.io.rsna import FOLDS_CSV
+from cspine.labels import VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, ClsOutput
 from cspine.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-PATIENT_AGGREGATION = f"{DEFAULT_PATIENT_POOL} over calibrated C1..C7, then patient_calibration"
+#: What the baseline's input is (stored in its model folder).
+INPUT = "whole study: n_slices evenly spaced 2.5D slices, whole axial field of view, bone window"
 
 
 def baseline_model_config(cls_model: ClsConfig, slice_factor: float = 2.0) -> ClsConfig:
@@ -104,20 +81,9 @@ def baseline_loss(out: ClsOutput, y: torch.Tensor, slice_y: torch.Tensor,
 
 
 def _level_rows(samples: list[StudySample]) -> list[SimpleNamespace]:
-    """One row per (study, level), the shape stage 2's :func:`evaluate_split` reads."""
+    """One row per (study, level), the shape :func:`cspine.ct.cls.loop.evaluate_split` reads."""
     return [SimpleNamespace(uid=s.uid, name=v, label=float(s.label[i]))
             for s in samples for i, v in enumerate(VERTEBRAE)]
-
-
-def _validate(model: torch.nn.Module, va: list[StudySample], labels: dict[str, dict[str, int]],
-              dev: torch.device, batch_size: int, amp: bool
-              ) -> tuple[dict[str, Any], Calibration, np.ndarray, np.ndarray]:
-    logits = predict_logits(model, va, dev, batch_size, amp).reshape(-1)  # (P * 7,) study-major
-    y = np.stack([s.label for s in va]).reshape(-1)
-    cal = fit_calibration(logits, y)
-    metrics, pv_mat, pat_y = evaluate_split(_level_rows(va), logits, labels, cal, {})
-    metrics["vertebra_loss_uncalibrated"] = weighted_nll(Calibration().probs(logits), y)
-    return metrics, cal, pv_mat, pat_y
 
 
 def train_baseline(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache: Path | None = None,
@@ -143,89 +109,44 @@ def train_baseline(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache: 
         DatasetError: no usable study.
     """
     folder = Path(out)
-    if not resume and ((folder / WEIGHTS).exists() or (folder / LOG).exists()):
-        raise CspineError("already holds a baseline model; resume it or choose another folder "
-                          "(nothing was overwritten)", folder)
     if cfg.model.use_mask_channel:
         raise CspineError("the one-stage baseline has no mask channel; build the config with "
                           "baseline_train_config")
-    folder.mkdir(parents=True, exist_ok=True)
+    check_out_folder(folder, resume, "a baseline model", "resume it or choose another folder")
     dev = resolve_device(device)
     seed_everything(cfg.seed)
     mcfg = cfg.model
+    studies_from_data = studies is None
     if studies is None:
         if data is None:
             raise DatasetError("train_baseline needs an RSNA root (data) or in-memory studies")
         studies = iter_baseline_studies(Path(data), cache=cache)
 
     t0 = time.perf_counter()
-    bar = tqdm(studies, desc="baseline stacks", unit="study", disable=not progress, leave=False)
+    bar = tqdm(studies, desc="baseline stacks", unit="study", disable=None if progress else True, leave=False)
     samples = [sample_from_study(s, mcfg) for s in bar]  # one volume in memory at a time
     if not samples:
         raise DatasetError("no study could be read for the baseline", data)
     log.info("%d study stacks in %.1fs", len(samples), time.perf_counter() - t0)
     labels = {s.uid: {v: int(s.label[i]) for i, v in enumerate(VERTEBRAE)} for s in samples}
-    uids = sorted(labels)
-    train_uids, val_uids = split_patients(uids, [max(labels[u].values()) for u in uids], cfg.val_fraction,
-                                          cfg.seed)
+    train_uids, val_uids = run_split(labels, data if studies_from_data else None, folder / FOLDS_CSV, cfg)
     tr = [s for s in samples if s.uid in set(train_uids)]
     va = [s for s in samples if s.uid in set(val_uids)]
 
     model = build_study_classifier(mcfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    y_tr = np.array([float(s.label.max()) for s in tr])
-    steps = steps_per_epoch(len(tr), cfg.batch_size, cfg.max_steps_per_epoch)
-    sched = warmup_cosine(opt, steps, steps * cfg.epochs, cfg.warmup_epochs)
-
-    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
-    if resume:
-        loaded = load_training_state(folder, model, opt, sched)
-        if loaded is not None:
-            state = loaded
-            log.info("resuming the baseline after epoch %d", state["epoch"])
-
-    ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=False)  # type: ignore[arg-type]
-    sampler = balanced_sampler(y_tr > 0.5, cfg.pos_fraction, steps * cfg.batch_size,
-                               cfg.seed + state["epoch"])
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
     amp = cfg.amp and dev.type == "cuda"
+    ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=False)  # type: ignore[arg-type]
+
+    def val_logits(net: torch.nn.Module) -> np.ndarray:
+        return predict_logits(net, va, dev, cfg.batch_size, amp).reshape(-1)  # (P * 7,) study-major
 
     def loss_fn(out: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return baseline_loss(out, batch[1], batch[2], cfg.aux_weight)
 
-    for epoch in range(state["epoch"], cfg.epochs):
-        train_loss, seconds = train_epoch(model, loader, opt, sched, dev, amp, loss_fn,
-                                          f"baseline epoch {epoch + 1}/{cfg.epochs}", progress)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                  "lr": float(sched.get_last_lr()[0]), "seconds": round(seconds, 2)}
-        score = -train_loss
-        if va:
-            metrics, _, _, _ = _validate(model, va, labels, dev, cfg.batch_size, amp)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            score = -metrics["vertebra_loss"]
-        log.info("baseline epoch %d: %s", epoch + 1, record)
-        end_epoch(folder, model, mcfg, KIND, opt, sched, state, record, score)
-
-    best = load_weights(folder, build_study_classifier(mcfg)).to(dev)
-    cal, pcal, metrics = Calibration(), Calibration(), {}
-    if va:
-        metrics, cal, pv_mat, pat_y = _validate(best, va, labels, dev, cfg.batch_size, amp)
-        pcal = fit_patient_calibration(pv_mat, pat_y, pool=DEFAULT_PATIENT_POOL)
-        pooled = pool_vertebrae(pv_mat, DEFAULT_PATIENT_POOL)
-        metrics["patient_loss"] = weighted_nll(pcal.probs(logit(pooled)), pat_y, PATIENT_WEIGHTS)
-    metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
-                    "n_val_studies": len(val_uids)})
-    extra = {
-        "outputs": list(VERTEBRAE),
-        "calibration": dataclasses.asdict(cal),
-        "patient_calibration": dataclasses.asdict(pcal),
-        "patient_pool": DEFAULT_PATIENT_POOL,
-        "patient_aggregation": PATIENT_AGGREGATION,
-        "input": "whole study: n_slices evenly spaced 2.5D slices, whole axial field of view, bone window",
-        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
-        "val_uids": val_uids,
-    }
-    save_model(folder, best, mcfg, KIND, extra=extra)
-    write_json(folder / METRICS, metrics)
-    log.info("baseline saved to %s (validation: %s)", folder, metrics)
+    fit_data = FitData(ds, np.array([float(s.label.max()) for s in tr]) > 0.5, len(tr), _level_rows(va),
+                       val_logits, labels)
+    fit(folder, model, cfg, fit_data, kind=KIND, name="baseline", build=lambda: build_study_classifier(mcfg),
+        loss_fn=loss_fn, device=dev, resume=resume, progress=progress,
+        metrics={"n_train_studies": len(train_uids), "n_val_studies": len(val_uids)},
+        extra={"outputs": list(VERTEBRAE), "val_uids": val_uids, "input": INPUT})
     return folder

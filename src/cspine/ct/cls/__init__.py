@@ -4,7 +4,7 @@ Public API (imported lazily so that ``import cspine.ct.cls`` stays cheap):
 
 * :func:`extract_crops`, :class:`VertebraCrop` (:mod:`.crops`)
 * :func:`train_classifier`, :class:`ClsTrainConfig` (:mod:`.train`)
-* :class:`ClsModel`, :func:`classify`, :class:`VertebraScores` (:mod:`.predict`)
+* :class:`ClsModel` (:mod:`.predict`, PyTorch), :func:`classify`, :class:`VertebraScores` (:mod:`.scores`)
 * :class:`Calibration`, :func:`patient_probability` (:mod:`.calibrate`)
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 _WHERE = {
     "extract_crops": "crops", "VertebraCrop": "crops",
     "train_classifier": "train", "ClsTrainConfig": "train",
-    "ClsModel": "predict", "classify": "predict", "VertebraScores": "predict",
+    "ClsModel": "predict", "classify": "scores", "VertebraScores": "scores",
     "Calibration": "calibrate", "patient_probability": "calibrate",
 }
 __all__ = sorted(_WHERE)

@@ -13,17 +13,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from cspine.ct.seg.postprocess import Segmentation, VertebraBox
 from cspine.io.volume import Volume
 from cspine.labels import BONE_WINDOW, HU_MIN, LABEL_OF, VERTEBRAE
-from cspine.models.vertebra_classifier import ClsConfig
+from cspine.preprocess.resize import resize_bilinear
 from cspine.preprocess.window import window_to_unit
+
+if TYPE_CHECKING:  # numpy only at run time: the ONNX Runtime path cuts crops without torch
+    from cspine.models.vertebra_classifier import ClsConfig
 
 __all__ = ["VertebraCrop", "crop_geometry", "extract_crops", "jitter_geometry", "resize_slices", "take_box"]
 
@@ -106,10 +108,7 @@ def take_box(arr: np.ndarray, idx: np.ndarray, box: tuple[int, int, int, int], f
 
 def resize_slices(stack: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of ``(N, H, W)`` slices to ``(N, size, size)`` (antialiased when shrinking)."""
-    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-    antialias = t.shape[-1] > size or t.shape[-2] > size
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
-    return out[:, 0].numpy()
+    return resize_bilinear(stack, size)
 
 
 def extract_crops(volume: Volume, seg: Segmentation, cfg: ClsConfig,

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from cspine.ct.cls.crops import VertebraCrop, extract_crops, jitter_geometry
 from cspine.ct.seg.postprocess import Segmentation
+from cspine.ct.training_studies import Box, box_regions_of, box_slices_of  # noqa: F401 (their old home)
 from cspine.io.volume import Volume
 from cspine.labels import LABEL_OF, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig
@@ -38,8 +39,6 @@ from cspine.models.vertebra_classifier import ClsConfig
 log = logging.getLogger(__name__)
 
 
-#: A box on a canonical slice: ``(y0, y1, x0, x1)`` pixel rows and columns, stop exclusive.
-Box = tuple[int, int, int, int]
 #: Pixel-target value of "not known" (ignored by the loss).
 UNKNOWN = 255
 
@@ -55,7 +54,8 @@ class ClsStudy:
         labels: ``{C1..C7: 0|1}`` fracture labels (``patient_overall`` optional).
         box_slices: volume slice indices carrying a fracture box, or ``None`` when the study has no
             boxes (pseudo slice labels are used then).
-        box_regions: the boxes themselves on the canonical grid (:func:`box_regions_of`), for the
+        box_regions: the boxes themselves on the canonical grid
+            (:func:`cspine.ct.training_studies.box_regions_of`), for the
             per-pixel targets; ``None`` when unknown.
     """
 
@@ -227,118 +227,28 @@ class CropDataset(Dataset):
 
 # --- an RSNA root (or its prepared cache) as a stream of ClsStudy ------------------------------
 
-def box_slices_of(volume: Volume, boxes: object, uid: str) -> frozenset[int] | None:
-    """Volume slice indices carrying a fracture box of ``uid`` (``None`` when it has no boxes).
-
-    ``boxes`` is ``train_bounding_boxes.csv`` as a DataFrame; ``slice_number`` is the InstanceNumber,
-    mapped through the volume's slice map (never used as an array index directly).
-    """
-    import pandas as pd
-
-    assert isinstance(boxes, pd.DataFrame)
-    rows = boxes[boxes["StudyInstanceUID"] == uid]
-    if rows.empty:
-        return None
-    out = set()
-    for n in rows["slice_number"].astype(int):
-        try:
-            out.add(volume.index_of_instance(int(n)))
-        except KeyError:
-            log.warning("study %s: box on InstanceNumber %d, which the volume does not have", uid, n)
-    return frozenset(out)
-
-
-def box_regions_of(volume: Volume, boxes: object, uid: str) -> dict[int, tuple[Box, ...]] | None:
-    """The fracture boxes of ``uid`` on the canonical grid: ``{slice index: ((y0, y1, x0, x1), ...)}``.
-
-    ``x``/``y``/``width``/``height`` are columns and rows of the stored DICOM image; they are carried
-    through the reorientation that made the volume canonical (``meta["reorientation"]``; none means the
-    volume was canonical as read). ``None`` when the study has no boxes, or when it was not acquired
-    axially (then the stored rows and columns are not an axial plane).
-    """
-    import pandas as pd
-
-    assert isinstance(boxes, pd.DataFrame)
-    rows = boxes[boxes["StudyInstanceUID"] == uid]
-    if rows.empty:
-        return None
-    reo = volume.meta.get("reorientation") or {"perm": [0, 1, 2], "flip": [False, False, False]}
-    perm, flip = list(reo["perm"]), list(reo["flip"])
-    if perm[0] != 0:
-        return None
-    source_shape = list(volume.meta.get("source_shape") or volume.shape)
-    out: dict[int, list[Box]] = {}
-    for r in rows.itertuples(index=False):
-        try:
-            z = volume.index_of_instance(int(r.slice_number))
-        except KeyError:
-            continue  # box_slices_of has already warned
-        ranges = {1: (float(r.y), float(r.y) + float(r.height)),
-                  2: (float(r.x), float(r.x) + float(r.width))}
-        canon = []
-        for c in (1, 2):
-            lo, hi = ranges[perm[c]]
-            n = source_shape[perm[c]]
-            if flip[c]:
-                lo, hi = n - hi, n - lo
-            canon.append((max(int(np.floor(lo)), 0), min(int(np.ceil(hi)), volume.shape[c])))
-        (y0, y1), (x0, x1) = canon
-        if y1 > y0 and x1 > x0:
-            out.setdefault(z, []).append((y0, y1, x0, x1))
-    return {z: tuple(b) for z, b in out.items()}
-
-
 def iter_rsna_studies(data: Path, *, cache: Path | None = None, seg_dir: Path | None = None,
-                      device: str | None = None, uids: list[str] | None = None) -> Iterator[ClsStudy]:
+                      device: str | None = None, uids: list[str] | None = None,
+                      bad_masks: str = "error") -> Iterator[ClsStudy]:
     """Yield the training studies of an RSNA root with their masks and labels.
 
-    Volumes come from the prepared cache when given (else they are decoded from ``train_images``).
-    Masks: the true mask where there is one, else the stage-1 pseudo mask
-    (``<cache>/<uid>/pseudo_mask.npy``), else stage 1 (``seg_dir``) is run on the study. A study that
-    cannot be read or has no mask at all is skipped with a warning.
+    Studies, volumes and masks come from :func:`cspine.ct.training_studies.iter_training_studies` (the
+    cache when given, the true mask where there is one, checked as ``cspine ct prepare`` checks it, else
+    the cached stage-1 pseudo mask); a study with neither is segmented by stage 1 (``seg_dir``), or
+    skipped with a warning when no stage-1 model is given.
     """
-    from cspine.errors import CspineError
-    from cspine.io.rsna import RsnaDataset
+    from cspine.ct.training_studies import iter_training_studies
 
-    ds = RsnaDataset(data)
-    store = None
-    if cache is not None:
-        from cspine.preprocess.cache import StudyCache
-
-        store = StudyCache(cache)
     seg_model = None
-    labels_df = ds.train.set_index("StudyInstanceUID")
-    for uid in uids or ds.train_uids():
-        try:
-            if store is not None and store.has(uid):
-                volume = store.load(uid)
-                mask = store.load_mask(uid)
-                pseudo = Path(cache) / uid / "pseudo_mask.npy"  # type: ignore[arg-type]
-                if mask is None and pseudo.is_file():
-                    mask = np.load(pseudo, allow_pickle=False)
-            else:
-                from cspine.io.study import load_study
+    for study in iter_training_studies(data, cache=cache, uids=uids, bad_masks=bad_masks):
+        if study.mask is not None:
+            seg = Segmentation.from_labels(np.asarray(study.mask, dtype=np.uint8))
+        elif seg_dir is not None:
+            from cspine.ct.seg.predict import SegModel, segment
 
-                volume = load_study(ds.study_dir(uid))
-                mask = None
-                if ds.mask_path(uid) is not None:
-                    from cspine.io.nifti import load_mask_on_grid
-
-                    mask = load_mask_on_grid(ds.mask_path(uid), volume)
-            if mask is not None:
-                seg = Segmentation.from_labels(np.asarray(mask, dtype=np.uint8))
-            elif seg_dir is not None:
-                from cspine.ct.seg.predict import SegModel, segment
-
-                seg_model = seg_model or SegModel.load(seg_dir, device=device)
-                seg = segment(volume, seg_model)
-            else:
-                log.warning("study %s: no mask, no pseudo mask and no stage-1 model: skipped", uid)
-                continue
-        except (CspineError, OSError, ValueError) as exc:
-            log.warning("study %s skipped: %s", uid, exc)
+            seg_model = seg_model or SegModel.load(seg_dir, device=device)
+            seg = segment(study.volume, seg_model)
+        else:
+            log.warning("study %s: no mask, no pseudo mask and no stage-1 model: skipped", study.uid)
             continue
-        row = labels_df.loc[uid]
-        labels = {v: int(row[v]) for v in VERTEBRAE}
-        yield ClsStudy(uid, volume, seg, labels, box_slices_of(volume, ds.boxes, uid),
-                       box_regions_of(volume, ds.boxes, uid))
+        yield ClsStudy(study.uid, study.volume, seg, study.labels, study.box_slices, study.box_regions)

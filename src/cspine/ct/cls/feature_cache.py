@@ -75,7 +75,7 @@ def build_prefix_cache(model: torch.nn.Module, samples: Sequence[CropSample], *,
     k = model.cfg.k  # type: ignore[union-attr]
     feats, masks, pixel = [], [], []
     model.eval()
-    bar = tqdm(total=len(samples) * variants, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=len(samples) * variants, desc=desc, disable=None if progress else True, leave=False)
     for _ in range(variants):
         f_v, m_v, p_v = [], [], []
         for i0 in range(0, len(ds), batch_size):

@@ -30,7 +30,8 @@ from cspine.labels import TARGETS, VERTEBRAE
 
 __all__ = [
     "DEFAULT_TARGETS", "OperatingPoints", "ResolvedOperatingPoint", "choose_operating_points",
-    "load_operating_points", "point_name", "resolve_operating_point", "threshold_for_sensitivity",
+    "load_operating_points", "point_name", "resolve_operating_point", "resolve_requested_point",
+    "threshold_for_sensitivity",
 ]
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.90, 0.95)
@@ -255,3 +256,23 @@ def resolve_operating_point(spec: str, stored: OperatingPoints | None) -> Resolv
                                   f"{level} among the {stored.chosen_on or 'validation cases'}); give a "
                                   "threshold such as 0.3")
     return ResolvedOperatingPoint(name, float(patient), float(vertebra), "stored")
+
+
+#: The point a command uses when none is asked for and the model stores points.
+DEFAULT_POINT = "sens90"
+
+
+def resolve_requested_point(spec: str | None,
+                            stored: OperatingPoints | None) -> ResolvedOperatingPoint | None:
+    """``--operating-point`` as the commands read it: ``spec`` when given, else :data:`DEFAULT_POINT`
+    when the model stores points, else ``None`` (no calls).
+
+    Raises:
+        OperatingPointError: as :func:`resolve_operating_point`.
+
+    Example:
+        >>> resolve_requested_point(None, None) is None
+        True
+    """
+    chosen = spec if spec is not None else (DEFAULT_POINT if stored is not None else None)
+    return None if chosen is None else resolve_operating_point(chosen, stored)

@@ -1,13 +1,12 @@
-"""Stage-2 inference: calibrated fracture probabilities per vertebra and for the patient.
+"""Stage-2 inference with PyTorch: the vertebra classifier of a RUN's ``cls/`` folder with its calibration.
 
-A vertebra stage 1 did not find gets the training prevalence of that level (stored in the model's
-``config.json`` as ``absent_vertebra_prior``): the model has no evidence either way, and the prior is
-the probability that minimises the expected log loss then.
+:func:`classify` (crops, batching, calibration, the patient pool) runs on numpy in
+:mod:`cspine.ct.cls.scores` (re-exported here), shared with the ONNX Runtime path; this module loads the
+PyTorch network and runs it (:meth:`ClsModel.infer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,9 @@ import numpy as np
 import torch
 
 from cspine.checkpoint import config_from_dict, load_weights, read_config
-from cspine.ct.cls.calibrate import Calibration, patient_probability
-from cspine.ct.cls.crops import VertebraCrop, extract_crops
-from cspine.ct.seg.postprocess import Segmentation
+from cspine.ct.cls.calibrate import Calibration
+from cspine.ct.cls.scores import VertebraScores, classify  # noqa: F401 - re-exported (numpy, shared with ONNX)
 from cspine.errors import CheckpointError
-from cspine.io.volume import Volume
 from cspine.labels import VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, VertebraClassifier, build_classifier
 from cspine.runtime import autocast, resolve_device
@@ -71,56 +68,10 @@ class ClsModel:
                    device=dev, folder=folder, extra=extra,
                    patient_pool=str(extra.get("patient_pool", "noisy_or")))
 
-
-@dataclass
-class VertebraScores:
-    """Stage-2 result for one study.
-
-    Attributes:
-        probs: calibrated fracture probability per C1..C7 (absent vertebra: the training prior).
-        patient: calibrated patient probability (noisy-OR, then patient calibration).
-        logits: raw model logits of the vertebrae that were classified.
-        attention: ``{name: (weights (N,), volume slice indices (N,))}``.
-        crops: the crops the model saw (for Grad-CAM and overlays).
-        present: vertebrae that stage 1 found and stage 2 classified.
-    """
-
-    probs: dict[str, float]
-    patient: float
-    logits: dict[str, float]
-    attention: dict[str, tuple[np.ndarray, np.ndarray]]
-    crops: dict[str, VertebraCrop]
-    present: tuple[str, ...]
-
-
-def classify(volume: Volume, seg: Segmentation, model: ClsModel, batch_size: int = 7, *,
-             crops: Mapping[str, VertebraCrop] | None = None) -> VertebraScores:
-    """Fracture probabilities for every vertebra of one study.
-
-    Args:
-        volume: the study in canonical orientation.
-        seg: its stage-1 segmentation (on the volume's grid).
-        model: a loaded :class:`ClsModel`.
-        batch_size: vertebrae per forward pass.
-        crops: the study's crops when the caller has cut them already
-            (``extract_crops(volume, seg, model.cfg)``, e.g. to time them apart); cut here otherwise.
-    """
-    crops = dict(crops) if crops is not None else extract_crops(volume, seg, model.cfg)
-    names = list(crops)
-    logits: dict[str, float] = {}
-    attention: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    amp = model.device.type == "cuda"
-    with torch.inference_mode():
-        for i in range(0, len(names), batch_size):
-            chunk = names[i:i + batch_size]
-            x = torch.from_numpy(np.stack([crops[n].array for n in chunk])).to(model.device)
-            with autocast(model.device, amp):
-                out = model.model(x)
-            for j, n in enumerate(chunk):
-                logits[n] = float(out.logit[j].float())
-                attention[n] = (out.attention[j].float().cpu().numpy(), crops[n].slice_indices)
-    probs = {v: float(model.calibration.probs(np.array(logits[v]))) if v in logits else model.prior[v]
-             for v in VERTEBRAE}
-    return VertebraScores(probs=probs, patient=patient_probability(probs, model.patient_calibration,
-                                                                      model.patient_pool),
-                          logits=logits, attention=attention, crops=crops, present=tuple(names))
+    def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vertebra logits ``(B,)`` and attention ``(B, N)`` (float32 numpy) of crops ``(B, N, C, H, W)``."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)).to(self.device)
+            with autocast(self.device, self.device.type == "cuda"):
+                out = self.model(x)
+            return out.logit.float().cpu().numpy(), out.attention.float().cpu().numpy()

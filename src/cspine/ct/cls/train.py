@@ -9,15 +9,17 @@ Sampling: fractured and intact vertebrae are drawn with equal probability (``pos
 replacement, an epoch being as many draws as there are training vertebrae. ``crop_variants`` adds that
 many crops per training vertebra with jittered geometry (:func:`cspine.ct.cls.crops.jitter_geometry`:
 stage-1 masks at prediction time place crops less exactly than the true masks many training studies
-have); they widen what an epoch draws from, not its length. The validation split is
-patient-level (stratified on ``patient_overall``). The checkpoint kept is the epoch with the lowest
-validation weighted loss after calibration (ties: last); temperature and bias are fitted on the same
-validation split and stored in ``config.json``.
+have); they widen what an epoch draws from, not its length. The validation split is the run's
+patient-level folds (``RUN/folds.csv``, :func:`cspine.io.rsna.fold_split`: stratified on the fracture
+pattern; validation is fold 0 of ``round(1 / val_fraction)``), shared with stage 1 and the baseline.
+The checkpoint kept is the epoch with the lowest validation weighted loss after calibration (ties:
+last); temperature and bias are fitted on the same validation split and stored in ``config.json``.
+Optimisation, selection, calibration and saving are the shared training skeleton
+:func:`cspine.ct.cls.loop.fit`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -28,31 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cspine.checkpoint import (
-    LOG,
-    METRICS,
-    WEIGHTS,
-    load_training_state,
-    load_weights,
-    save_model,
-)
-from cspine.ct.cls.calibrate import (
-    DEFAULT_PATIENT_POOL,
-    Calibration,
-    fit_calibration,
-    fit_patient_calibration,
-    logit,
-    pool_vertebrae,
-    weighted_nll,
-)
 from cspine.ct.cls.dataset import UNKNOWN, ClsStudy, CropDataset, CropSample, build_samples
-from cspine.ct.cls.loop import balanced_sampler, end_epoch, steps_per_epoch, train_epoch, warmup_cosine
-from cspine.errors import CspineError, DatasetError
-from cspine.fileio import write_json
-from cspine.labels import PATIENT_WEIGHTS, VERTEBRA_WEIGHTS, VERTEBRAE
+from cspine.ct.cls.loop import FitData, check_out_folder, fit
+from cspine.errors import DatasetError
+from cspine.io.rsna import FOLDS_CSV
+from cspine.labels import VERTEBRA_WEIGHTS, VERTEBRAE
 from cspine.models.vertebra_classifier import ClsConfig, build_classifier
 from cspine.runtime import autocast, resolve_device, seed_everything
 
@@ -90,21 +74,15 @@ class ClsTrainConfig:
     prefix_variants: int = 4
 
 
-def split_patients(uids: Sequence[str], patient_labels: Sequence[int], val_fraction: float,
-                   seed: int) -> tuple[list[str], list[str]]:
-    """A patient-level train/validation split, stratified on the patient label."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    uids_arr, y = np.asarray(uids), np.asarray(patient_labels)
-    for cls in (0, 1):
-        group = list(uids_arr[y == cls])
-        rng.shuffle(group)
-        n_val = int(round(len(group) * val_fraction))
-        if val_fraction > 0 and len(group) >= 2:
-            n_val = max(1, n_val)
-        val += group[:n_val]
-        train += group[n_val:]
-    return sorted(train), sorted(val)
+def run_split(labels: dict[str, dict[str, int]], data: Path | None, path: Path, cfg: ClsTrainConfig
+              ) -> tuple[list[str], list[str]]:
+    """The (train, validation) studies of ``labels``: the run's saved patient-level folds
+    (:func:`cspine.io.rsna.fold_split`), made from ``data``'s whole ``train.csv`` when training from an RSNA
+    root (so every trainer of the run shares them), else from ``labels``."""
+    from cspine.io.rsna import RsnaDataset, fold_split, folds_table
+
+    table = RsnaDataset(data).train if data is not None else folds_table(labels)
+    return fold_split(list(labels), table, path, val_fraction=cfg.val_fraction, seed=cfg.seed)
 
 
 def param_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
@@ -166,38 +144,10 @@ def predict_logits(model: torch.nn.Module, samples: Sequence[CropSample], device
     return np.concatenate(logits) if logits else np.zeros(0)
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    if len(np.unique(y)) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s))
-
-
-def evaluate_split(samples: Sequence[CropSample], logits: np.ndarray, labels: dict[str, dict[str, int]],
-                   cal: Calibration, prevalence: dict[str, float], pool: str = DEFAULT_PATIENT_POOL
-                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Vertebra and patient metrics of a split after calibration ``cal``, with the (P, 7) calibrated
-    probabilities (absent vertebra: ``prevalence``) and the patient labels."""
-    y = np.array([s.label for s in samples])
-    p = cal.probs(logits)
-    by_study: dict[str, dict[str, float]] = {}
-    for s, pv in zip(samples, p, strict=True):
-        by_study.setdefault(s.uid, {})[s.name] = float(pv)
-    uids = sorted(by_study)
-    pv_mat = np.array([[by_study[u].get(v, prevalence.get(v, 0.0)) for v in VERTEBRAE] for u in uids])
-    patient_y = np.array([int(max(labels[u].get(v, 0) for v in VERTEBRAE)) for u in uids])
-    return {
-        "vertebra_loss": weighted_nll(p, y) if len(y) else None,
-        "vertebra_auc": _auc(y, logits),
-        "patient_auc": _auc(patient_y, pool_vertebrae(pv_mat, pool)) if len(uids) else None,
-        "n_vertebrae": len(y), "n_patients": len(uids),
-    }, pv_mat, patient_y
-
-
 def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache: Path | None = None,
                      seg_dir: Path | None = None, studies: Iterable[ClsStudy] | None = None,
-                     resume: bool = False, device: str | None = None, progress: bool = True) -> Path:
+                     resume: bool = False, device: str | None = None, progress: bool = True,
+                     bad_masks: str = "error") -> Path:
     """Train, select, calibrate and save the stage-2 model into ``out/cls``.
 
     Args:
@@ -210,29 +160,31 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
         resume: continue from ``out/cls/last.*`` when present.
         device: ``cpu``, ``cuda`` or ``None`` (auto).
         progress: show progress bars.
+        bad_masks: a segmentation of ``data`` that fails its checks (read without a cache):
+            ``"error"`` stops, ``"exclude"`` uses the study without it (``cspine ct prepare --bad-masks``).
 
     Returns:
         The model folder ``out/cls``.
     """
     folder = Path(out) / "cls"
-    if not resume and ((folder / WEIGHTS).exists() or (folder / LOG).exists()):
-        raise CspineError("already holds a stage-2 model; pass --resume to continue it or choose another "
-                          "--out (nothing was overwritten)", folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_out_folder(folder, resume, "a stage-2 model",
+                     "pass --resume to continue it or choose another --out")
     dev = resolve_device(device)
     seed_everything(cfg.seed)
     mcfg = cfg.model
+    studies_from_data = studies is None
     if studies is None:
         if data is None:
             raise DatasetError("train_classifier needs an RSNA root (data) or in-memory studies")
         from cspine.ct.cls.dataset import iter_rsna_studies
 
-        studies = iter_rsna_studies(Path(data), cache=cache, seg_dir=seg_dir, device=device)
+        studies = iter_rsna_studies(Path(data), cache=cache, seg_dir=seg_dir, device=device,
+                                    bad_masks=bad_masks)
 
     t0 = time.perf_counter()
     samples: list[CropSample] = []
     labels: dict[str, dict[str, int]] = {}
-    it = tqdm(studies, desc="stage 2 crops", unit="study", disable=not progress, leave=False)
+    it = tqdm(studies, desc="stage 2 crops", unit="study", disable=None if progress else True, leave=False)
     for study in it:
         labels[study.uid] = {v: int(study.labels.get(v, 0)) for v in VERTEBRAE}
         samples.extend(build_samples([study], mcfg, variants=1 + cfg.crop_variants, jitter=cfg.crop_jitter,
@@ -243,37 +195,19 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
                            "(`cspine ct train --stage seg` or `--stage all`)", data)
     log.info("%d crops from %d studies in %.1fs", len(samples), len(labels), time.perf_counter() - t0)
 
-    uids = sorted(labels)
-    patient_y = [int(max(labels[u].values())) for u in uids]
-    train_uids, val_uids = split_patients(uids, patient_y, cfg.val_fraction, cfg.seed)
+    train_uids, val_uids = run_split(labels, data if studies_from_data else None, Path(out) / FOLDS_CSV, cfg)
     tr = [s for s in samples if s.uid in set(train_uids)]
     va = [s for s in samples if s.uid in set(val_uids) and s.variant == 0]
     prevalence = {v: float(np.mean([labels[u][v] for u in train_uids])) if train_uids else 0.0
                   for v in VERTEBRAE}
 
     model = build_classifier(mcfg).to(dev)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    y_tr = np.array([s.label for s in tr])
-    # An epoch is as many draws as there are vertebrae: jittered variants add diversity, not steps.
-    n_train_vertebrae = sum(s.variant == 0 for s in tr)
-    steps = steps_per_epoch(n_train_vertebrae, cfg.batch_size, cfg.max_steps_per_epoch)
-    sched = warmup_cosine(opt, steps, steps * cfg.epochs, cfg.warmup_epochs)
-
-    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None}
-    if resume:
-        loaded = load_training_state(folder, model, opt, sched)
-        if loaded is not None:
-            state = loaded
-            log.info("resuming stage 2 after epoch %d", state["epoch"])
-
     amp = cfg.amp and dev.type == "cuda"
-    cached = mcfg.frozen_stages > 0
     forward: Any = None
-    val_cache = None
-    if cached:
+    val_logits: Any = None
+    if mcfg.frozen_stages > 0:
         # The frozen prefix never changes: run it once per (augmented) crop, then train only the rest.
-        from cspine.ct.cls.feature_cache import PrefixDataset, build_prefix_cache
+        from cspine.ct.cls.feature_cache import PrefixDataset, build_prefix_cache, cached_logits
 
         t1 = time.perf_counter()
         ds: Any = PrefixDataset(build_prefix_cache(
@@ -287,75 +221,27 @@ def train_classifier(data: Path | None, out: Path, cfg: ClsTrainConfig, *, cache
 
         def forward(batch: tuple[torch.Tensor, ...]) -> Any:
             return model.forward_cached(batch[0], batch[4] if batch[4].shape[2] else None)
+
+        def val_logits(net: torch.nn.Module) -> np.ndarray:
+            return cached_logits(net, val_cache, dev)
     else:
         ds = CropDataset(tr, augment=True, seed=cfg.seed, mask_channel=mcfg.use_mask_channel)
-    sampler = balanced_sampler(y_tr > 0.5, cfg.pos_fraction, steps * cfg.batch_size,
-                               cfg.seed + state["epoch"])
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=False)
+
+        def val_logits(net: torch.nn.Module) -> np.ndarray:
+            return predict_logits(net, va, dev, cfg.batch_size, amp)
 
     def loss_fn(out: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         _, y, sy, pix = batch[:4]
         return weighted_bce_loss(out, y, sy, cfg.aux_weight, pix, cfg.pixel_weight)
 
-    def val_logits(net: torch.nn.Module) -> np.ndarray:
-        if val_cache is not None:
-            from cspine.ct.cls.feature_cache import cached_logits
-
-            return cached_logits(net, val_cache, dev)
-        return predict_logits(net, va, dev, cfg.batch_size, amp)
-
-    for epoch in range(state["epoch"], cfg.epochs):
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(epoch)
-        train_loss, seconds = train_epoch(model, loader, opt, sched, dev, amp, loss_fn,
-                                          f"stage 2 epoch {epoch + 1}/{cfg.epochs}", progress, forward)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                  "lr": float(sched.get_last_lr()[0]), "seconds": round(seconds, 2)}
-        score = -train_loss
-        if va:
-            logits = val_logits(model)
-            y_va = np.array([s.label for s in va])
-            cal = fit_calibration(logits, y_va)
-            metrics, _, _ = evaluate_split(va, logits, labels, cal, prevalence)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            score = -metrics["vertebra_loss"]
-        log.info("stage 2 epoch %d: %s", epoch + 1, record)
-        end_epoch(folder, model, mcfg, KIND, opt, sched, state, record, score)
-
-    # Calibrate the best checkpoint on the validation split and write the final config.
-    best = load_weights(folder, build_classifier(mcfg)).to(dev)
-    cal, pcal, metrics = Calibration(), Calibration(), {}
-    operating_points: dict[str, Any] | None = None
-    if va:
-        logits = val_logits(best)
-        y_va = np.array([s.label for s in va])
-        raw = weighted_nll(Calibration().probs(logits), y_va)
-        cal = fit_calibration(logits, y_va)
-        metrics, pv_mat, pat_y = evaluate_split(va, logits, labels, cal, prevalence)
-        pcal = fit_patient_calibration(pv_mat, pat_y, pool=DEFAULT_PATIENT_POOL)
-        pat_p = pcal.probs(logit(pool_vertebrae(pv_mat, DEFAULT_PATIENT_POOL)))
-        # Thresholds for target sensitivities, chosen on the validation patients (rows as evaluate_split's).
-        from cspine.ct.cls.operating_points import choose_operating_points
-
-        val_y = np.array([[labels[u][v] for v in VERTEBRAE] for u in sorted({s.uid for s in va})])
-        operating_points = choose_operating_points(np.c_[pv_mat, pat_p], np.c_[val_y, pat_y]).to_dict()
-        metrics.update({"vertebra_loss_uncalibrated": raw,
-                        "patient_loss": weighted_nll(pat_p, pat_y, PATIENT_WEIGHTS)})
-    metrics.update({"best_epoch": state["best_epoch"], "n_train_studies": len(train_uids),
-                    "n_val_studies": len(val_uids), "n_train_vertebrae": n_train_vertebrae,
-                    "n_train_crops": len(tr), "n_val_crops": len(va)})
-    extra = {
-        "calibration": dataclasses.asdict(cal),
-        "patient_calibration": dataclasses.asdict(pcal),
-        "patient_pool": DEFAULT_PATIENT_POOL,
-        "patient_aggregation": f"{DEFAULT_PATIENT_POOL} over calibrated C1..C7, then patient_calibration",
-        "absent_vertebra_prior": prevalence,
-        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
-        "val_uids": val_uids,
-        "operating_points": operating_points,
-    }
-    save_model(folder, best, mcfg, KIND, extra=extra)
-    write_json(folder / METRICS, metrics)
-    log.info("stage 2 saved to %s (validation: %s)", folder, metrics)
+    # An epoch is as many draws as there are vertebrae: jittered variants add diversity, not steps.
+    n_train_vertebrae = sum(s.variant == 0 for s in tr)
+    fit_data = FitData(ds, np.array([s.label for s in tr]) > 0.5, n_train_vertebrae, va, val_logits, labels,
+                       prevalence)
+    fit(folder, model, cfg, fit_data, kind=KIND, name="stage 2", build=lambda: build_classifier(mcfg),
+        loss_fn=loss_fn, device=dev, params=param_groups(model, cfg.lr, cfg.backbone_lr_scale),
+        forward=forward, resume=resume, progress=progress, operating_points=True,
+        metrics={"n_train_studies": len(train_uids), "n_val_studies": len(val_uids),
+                 "n_train_vertebrae": n_train_vertebrae, "n_train_crops": len(tr), "n_val_crops": len(va)},
+        extra={"absent_vertebra_prior": prevalence, "val_uids": val_uids})
     return folder

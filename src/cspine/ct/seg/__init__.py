@@ -1,6 +1,7 @@
 """CT stage 1: find and label C1..C7 with a 2.5D U-Net (training, inference, post-processing, pseudo-labels).
 
-Heavy modules load lazily: ``from cspine.ct.seg import segment`` imports torch only then.
+Heavy modules load lazily: ``from cspine.ct.seg import segment`` stays numpy (the network is the caller's
+model: PyTorch's ``SegModel`` or ONNX Runtime's); ``SegModel`` imports torch.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "SegModel": "predict", "segment": "predict", "SegmentationInputError": "predict",
+    "SegModel": "predict", "segment": "segment", "SegmentationInputError": "segment",
     "Segmentation": "postprocess", "VertebraBox": "postprocess", "postprocess": "postprocess",
     "SegTrainConfig": "train", "train_segmentation": "train",
     "pseudo_label_cache": "pseudo",

@@ -31,7 +31,9 @@ def resample_mask(labels: np.ndarray, grid: ReducedGrid, cfg: SegConfig) -> np.n
     """Nearest-neighbour resampling of a label volume onto ``grid``, in model classes: uint8 (n, S, S)."""
     zi = grid.z_nearest()
     yi, xi = grid.plane_nearest(1), grid.plane_nearest(2)
-    return class_map(np.asarray(labels)[np.ix_(zi, yi, xi)], cfg)
+    # Reduced pixels in the padding outside the image (index -1) are background.
+    padded = np.pad(np.asarray(labels)[zi], ((0, 0), (0, 1), (0, 1)))
+    return class_map(padded[np.ix_(np.arange(len(zi)), yi, xi)], cfg)
 
 
 @dataclass
@@ -48,12 +50,12 @@ class ReducedStudy:
         return np.flatnonzero(self.mask.reshape(len(self.mask), -1).max(axis=1) > 0)
 
 
-def reduce_study(uid: str, hu: np.ndarray, spacing_z: float, labels: np.ndarray, cfg: SegConfig,
-                 group: str | None = None) -> ReducedStudy:
-    """Resample one (volume, mask) pair onto the model grid for training."""
+def reduce_study(uid: str, hu: np.ndarray, spacing: tuple[float, float, float], labels: np.ndarray,
+                 cfg: SegConfig, group: str | None = None) -> ReducedStudy:
+    """Resample one (volume, mask) pair with voxel ``spacing`` (z, y, x mm) onto the model grid."""
     if hu.shape != labels.shape:
         raise ValueError(f"study {uid}: mask shape {labels.shape} != volume shape {hu.shape}")
-    grid = reduced_grid(hu.shape, spacing_z, cfg)
+    grid = reduced_grid(hu.shape, spacing, cfg)
     image = np.rint(resample_image(hu, grid, cfg) * 255).astype(np.uint8)
     return ReducedStudy(uid, group or uid, image, resample_mask(labels, grid, cfg))
 
@@ -99,9 +101,11 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch without changing which level is which.
 
-    Geometric: small rotation, scale and shift in-plane (the same for every slice of a stack) and a
-    left-right mirror, which leaves cranio-caudal order intact; never a flip along z (channels) or
-    anterior-posterior. Intensity: contrast, brightness, gamma and Gaussian noise.
+    Geometric: small rotation, scale (patient size: the field in mm is fixed) and shift in-plane (the
+    same for every slice of a stack) and a left-right mirror, which leaves cranio-caudal order intact;
+    never a flip along z (channels) or anterior-posterior. Scanner: contrast, brightness (HU
+    calibration), gamma and Gaussian noise. (A Gaussian blur on 30% of the stacks, tried for softer
+    kernels, removed whole levels (C1, C6) from the demo's stage 1: left out.)
 
     Args:
         x: (N, k, S, S) float in [0, 1]. y: (N, S, S) int64 classes.
@@ -130,3 +134,4 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
     x = (x.clamp(0, 1) ** gamma) * contrast + bright
     noise = torch.randn(x.shape, generator=generator).to(dev) * u(0, 0.03)[:, None, None, None]
     return (x + noise).clamp_(0, 1), y
+

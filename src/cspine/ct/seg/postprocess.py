@@ -19,6 +19,9 @@ from scipy import ndimage
 
 from cspine.labels import CERVICAL_LABELS, NAME_OF, VERTEBRAE
 
+#: The start of the warning :func:`enforce_level_order` gives when it had to relabel the levels.
+RELABELLED_WARNING = "vertebra levels were out of cranio-caudal order and were relabelled by position"
+
 
 @dataclass(frozen=True)
 class VertebraBox:
@@ -140,8 +143,7 @@ def enforce_level_order(labels: np.ndarray, levels: tuple[int, ...] = CERVICAL_L
         lut[old] = new
     moved = [f"{NAME_OF[old]}->{NAME_OF[new]}" for new, old in zip(by_label, by_position, strict=True)
              if new != old]
-    warning = ("vertebra levels were out of cranio-caudal order and were relabelled by position: "
-               + ", ".join(moved))
+    warning = f"{RELABELLED_WARNING}: " + ", ".join(moved)
     return lut[labels], [warning]
 
 

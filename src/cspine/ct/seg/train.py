@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cspine import distributed as ddp
 from cspine.checkpoint import (
     CONFIG,
     LOG,
@@ -41,6 +43,9 @@ from cspine.runtime import autocast, resolve_device, seed_everything
 from .dataset import ReducedStudy, SliceDataset, augment_batch, reduce_study, sample_slices
 from .postprocess import postprocess
 from .predict import KIND, predict_stacks, seg_config_from_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ class SegTrainConfig:
 def _from_volumes(volumes: Sequence[tuple[Volume, np.ndarray]], cfg: SegConfig) -> Iterator[ReducedStudy]:
     for i, (vol, mask) in enumerate(volumes):
         uid = vol.study_uid or f"study{i:04d}"
-        yield reduce_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg,
+        yield reduce_study(uid, vol.hu, vol.spacing, np.asarray(mask), cfg,
                            group=str(vol.meta.get("patient_group", uid)))
 
 
@@ -108,31 +113,30 @@ def _from_cache(cache: Path, cfg: SegConfig) -> Iterator[ReducedStudy]:
         if mask is None:
             continue
         vol = store.load(uid)
-        yield reduce_study(uid, vol.hu, vol.spacing[0], np.asarray(mask), cfg)
+        yield reduce_study(uid, vol.hu, vol.spacing, np.asarray(mask), cfg)
 
 
-def _from_rsna(root: Path, cfg: SegConfig) -> Iterator[ReducedStudy]:
-    from cspine.io.nifti import load_mask_on_grid
-    from cspine.io.rsna import RsnaDataset
-    from cspine.io.study import load_study
+def _from_rsna(root: Path, cfg: SegConfig, bad_masks: str = "error") -> Iterator[ReducedStudy]:
+    """The studies with a mask, masks checked as ``cspine ct prepare`` checks them (one loader for every
+    CT trainer: :mod:`cspine.ct.training_studies`)."""
+    from cspine.ct.training_studies import iter_training_studies
 
-    ds = RsnaDataset(root)
-    for uid in ds.uids_with_masks():
-        vol = load_study(ds.study_dir(uid))  # canonical orientation
-        mask = load_mask_on_grid(ds.mask_path(uid), vol)  # type: ignore[arg-type]
-        yield reduce_study(uid, vol.hu, vol.spacing[0], mask, cfg)
+    for st in iter_training_studies(root, require_mask=True, bad_masks=bad_masks):
+        yield reduce_study(st.uid, st.volume.hu, st.volume.spacing, st.mask, cfg)  # type: ignore[arg-type]
 
 
 def load_training_studies(data: Path | None, cfg: SegTrainConfig, *, cache: Path | None = None,
-                          volumes: Sequence[tuple[Volume, np.ndarray]] | None = None) -> list[ReducedStudy]:
-    """Prepare every study with a mask from ``volumes``, else ``cache``, else the RSNA root ``data``."""
+                          volumes: Sequence[tuple[Volume, np.ndarray]] | None = None,
+                          bad_masks: str = "error") -> list[ReducedStudy]:
+    """Prepare every study with a mask from ``volumes``, else ``cache``, else the RSNA root ``data``
+    (``bad_masks``: ``error`` | ``exclude`` for a mask there that fails its checks)."""
     if volumes is not None:
         source: Iterator[ReducedStudy] = _from_volumes(volumes, cfg.model)
         where = "the given volumes"
     elif cache is not None:
         source, where = _from_cache(Path(cache), cfg.model), str(cache)
     elif data is not None:
-        source, where = _from_rsna(Path(data), cfg.model), str(data)
+        source, where = _from_rsna(Path(data), cfg.model, bad_masks), str(data)
     else:
         raise ValueError("train_segmentation needs data, cache or volumes")
     studies: list[ReducedStudy] = []
@@ -150,17 +154,22 @@ def load_training_studies(data: Path | None, cfg: SegTrainConfig, *, cache: Path
     return studies
 
 
-def split_studies(studies: Sequence[ReducedStudy], val_fraction: float, seed: int,
-                  ) -> tuple[list[ReducedStudy], list[ReducedStudy]]:
-    """Patient-level split: all studies of a patient (``group``) land on the same side."""
-    groups = sorted({s.group for s in studies})
-    n_val = int(round(val_fraction * len(groups))) if len(groups) >= 2 and val_fraction > 0 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and len(groups) >= 2 else 0), len(groups) - 1)
-    val_groups = set(np.random.default_rng(seed).permutation(groups)[:n_val].tolist())
-    train = [s for s in studies if s.group not in val_groups]
-    val = [s for s in studies if s.group in val_groups]
+def split_studies(studies: Sequence[ReducedStudy], val_fraction: float, seed: int, path: Path | None = None,
+                  table: pd.DataFrame | None = None) -> tuple[list[ReducedStudy], list[ReducedStudy]]:
+    """Patient-level split on the run's folds (:func:`cspine.io.rsna.fold_split`, saved at ``path``): all
+    studies of a patient (``group``) land on the same side. ``table``: the dataset's ``train.csv`` (the
+    folds every trainer of the run shares); default: the studies themselves."""
+    from cspine.io.rsna import fold_split, folds_table
+
+    if table is None:
+        table = folds_table({s.uid: {} for s in studies}, {s.uid: s.group for s in studies})
+    _, val_uids = fold_split([s.uid for s in studies], table, path, val_fraction=val_fraction, seed=seed)
+    held_out = set(val_uids)
+    train = [s for s in studies if s.uid not in held_out]
+    val = [s for s in studies if s.uid in held_out]
     if not val:
-        log.warning("only %d patient(s): validating on the training studies", len(groups))
+        log.warning("only %d patient(s) in the validation fold: validating on the training studies",
+                    len({s.group for s in studies}))
         val = list(train)
     return train, val
 
@@ -202,7 +211,7 @@ def validate(net: torch.nn.Module, studies: Sequence[ReducedStudy], cfg: SegConf
 
 def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cache: Path | None = None,
                        volumes: Sequence[tuple[Volume, np.ndarray]] | None = None, resume: bool = False,
-                       device: str | None = None) -> Path:
+                       device: str | None = None, bad_masks: str = "error") -> Path:
     """Train the stage-1 U-Net and write ``out/seg``.
 
     Args:
@@ -214,6 +223,8 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
         volumes: in-memory (canonical volume, label mask) pairs, mainly for tests.
         resume: continue from ``out/seg/last.*`` after an interruption.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (auto).
+        bad_masks: ``"error"`` | ``"exclude"``: a mask of ``data`` that fails its checks stops the training /
+            is left out (masks of a ``cache`` were checked when it was prepared).
 
     Returns:
         ``out/seg`` holding ``model.safetensors`` (best mean Dice), ``config.json``, ``log.jsonl``,
@@ -226,10 +237,18 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
     if not resume and ((seg_dir / WEIGHTS).exists() or (seg_dir / LOG).exists()):
         raise CspineError("already holds a stage-1 model; pass --resume to continue it or choose another "
                           "--out (nothing was overwritten)", seg_dir)
-    dev = resolve_device(device)
+    ddp.init_from_env(device)  # under torchrun: join the ranks (no-op otherwise)
+    dev = resolve_device(ddp.local_device(device))
+    world = ddp.world_size()
+    if cfg.batch_size % world:
+        raise CspineError(f"batch size {cfg.batch_size} does not split over {world} processes; give a "
+                          "multiple of the process count (each takes an equal share of every batch)")
     seed_everything(cfg.seed)
-    studies = load_training_studies(data, cfg, cache=cache, volumes=volumes)
-    train_set, val_set = split_studies(studies, cfg.val_fraction, cfg.seed)
+    studies = load_training_studies(data, cfg, cache=cache, volumes=volumes, bad_masks=bad_masks)
+    from cspine.io.rsna import FOLDS_CSV, RsnaDataset
+
+    table = RsnaDataset(data).train if data is not None and volumes is None else None
+    train_set, val_set = split_studies(studies, cfg.val_fraction, cfg.seed, Path(out) / FOLDS_CSV, table)
     log.info("stage 1: %d training and %d validation studies on %s", len(train_set), len(val_set), dev)
 
     net = build_seg_model(cfg.model).to(dev)
@@ -242,6 +261,7 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
         if state is not None:
             start, best = int(state["epoch"]) + 1, float(state["best"])
             log.info("resuming stage 1 at epoch %d (best mean Dice so far %.4f)", start + 1, best)
+    fit = ddp.wrap_ddp(net, dev)  # gradients averaged across ranks under torchrun
     fp16 = dev.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     extra = {"train": dataclasses.asdict(cfg), "n_train": len(train_set), "n_val": len(val_set),
@@ -252,10 +272,11 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7919 * ddp.rank())
         index = sample_slices(train_set, cfg.slices_per_epoch, rng, cfg.foreground_share)
-        loader = torch.utils.data.DataLoader(SliceDataset(train_set, index, cfg.model.in_slices),
-                                             batch_size=cfg.batch_size, shuffle=False,
+        mine = ddp.rank_slice(index, cfg.batch_size // world)  # this rank's share of every global batch
+        loader = torch.utils.data.DataLoader(SliceDataset(train_set, mine, cfg.model.in_slices),
+                                             batch_size=cfg.batch_size // world, shuffle=False,
                                              num_workers=cfg.num_workers, pin_memory=dev.type == "cuda")
         net.train()
         losses = []
@@ -266,7 +287,7 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
             if cfg.augment:
                 x, y = augment_batch(x, y, gen)
             with autocast(dev, enabled=cfg.amp):
-                logits = net(x)
+                logits = fit(x)
             loss = seg_loss(logits, y, cfg.dice_weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -276,13 +297,19 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         train_s = time.perf_counter() - t0
-        val = validate(net, val_set, cfg.model, dev, cfg.batch_size)
+        loss_sum, n_steps = ddp.all_reduce_sums([sum(losses), len(losses)], dev)
+        # validation once, on rank 0; every rank gets its result
+        val = ddp.broadcast_object(validate(net, val_set, cfg.model, dev, cfg.batch_size) if ddp.is_main()
+                                   else None)
         mean = val["mean_dice"] if val["mean_dice"] is not None else 0.0
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+        record = {"epoch": epoch + 1, "loss": loss_sum / n_steps if n_steps else None,
                   "lr": sched.get_last_lr()[0], "val_mean_dice": val["mean_dice"], "val_dice": val["dice"],
                   "val_level_identification": val["level_identification_accuracy"],
                   "train_seconds": round(train_s, 2), "slices_per_second": round(len(index) / train_s, 2),
                   "seconds": round(time.perf_counter() - t0, 2)}
+        if not ddp.is_main():  # only rank 0 writes
+            best = max(best, mean)
+            continue
         append_jsonl(seg_dir / LOG, record)
         log.info("seg epoch %d: loss %.4f, val mean Dice %.4f", epoch + 1, record["loss"] or 0, mean)
         if mean > best or not (seg_dir / WEIGHTS).exists():
@@ -291,6 +318,7 @@ def train_segmentation(data: Path | None, out: Path, cfg: SegTrainConfig, *, cac
             write_json(seg_dir / METRICS, {"epoch": epoch + 1, "split": "validation", "grid": "reduced",
                                            **val, "n_train": len(train_set)})
         save_training_state(seg_dir, net, opt, sched, {"epoch": epoch, "best": best})
-    if not (seg_dir / CONFIG).exists():  # epochs == 0 or resumed past the end: still a usable folder
+    # epochs == 0 or resumed past the end: still a usable folder
+    if ddp.is_main() and not (seg_dir / CONFIG).exists():
         save_model(seg_dir, net, cfg.model, KIND, extra={**extra, "epoch": start})
     return seg_dir
