@@ -24,12 +24,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         DeviceError: an unknown device name, or a CUDA device this machine does not have.
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DeviceError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda":
+        if dev.index is None and torch.cuda.is_available() and _launched_ranks() > 1:
+            # Under torchrun each rank of a machine takes its own GPU: cuda:LOCAL_RANK.
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         if not torch.cuda.is_available():
             raise DeviceError(f"--device {device} was asked for, but this machine has no CUDA GPU that torch "
                               "can use; use --device cpu (or auto)")
@@ -37,6 +40,16 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                               f"numbered from 0")
     return dev
+
+
+def _launched_ranks() -> int:
+    """WORLD_SIZE of a torchrun-style launch that set LOCAL_RANK (1 otherwise)."""
+    if "LOCAL_RANK" not in os.environ:
+        return 1
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -33,3 +33,15 @@ def test_unknown_device_names_are_device_errors() -> None:
         resolve_device("gpu0")
     assert issubclass(DeviceError, CspineError)
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 2-GPU machine under torchrun: `cuda` and `auto` mean this rank's GPU; an explicit index is kept.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert str(resolve_device("cuda")) == "cuda:1" and str(resolve_device("auto")) == "cuda:1"
+    assert str(resolve_device("cuda:0")) == "cuda:0"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the default GPU
+    assert str(resolve_device("cuda")) == "cuda"

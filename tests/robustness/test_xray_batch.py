@@ -101,7 +101,9 @@ def test_predict_skips_and_lists_unreadable_and_gigantic_images(model_dir: Path,
     assert res.exit_code == 0, res.output
     with open(alone / "predictions.csv", newline="") as f:
         for r in csv.DictReader(f):
-            assert r["normal"] == rows[Path(r["path"]).name]["normal"]
+            # equal up to float rounding (batches of another size take other BLAS paths); a row shifted to
+            # another image would differ by far more
+            assert float(r["normal"]) == pytest.approx(float(rows[Path(r["path"]).name]["normal"]), abs=1e-5)
     assert not (alone / "failures.json").exists()
 
 

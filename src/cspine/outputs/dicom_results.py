@@ -27,6 +27,7 @@ from cspine.labels import VERTEBRAE
 from cspine.outputs.dicom_uids import derived_uid
 from cspine.outputs.source_grid import to_source_grid
 from cspine.outputs.source_series import SourceSeries, read_source_series, source_files_of
+from cspine.registry.stages import CT_STAGES
 
 __all__ = ["DicomResults", "model_name_version", "write_dicom_results", "write_dicom_results_for_volume"]
 
@@ -66,7 +67,7 @@ def model_name_version(versions: Mapping[str, Any]) -> tuple[str, str]:
     model = versions.get("model") or {}
     run = str(model.get("run_dir") or "model")
     name = f"cspine {Path(run).name}"
-    digests = [f"{s}{str((model.get(s) or {}).get('weights_sha256_16') or '')[:8]}" for s in ("seg", "cls")]
+    digests = [f"{s}{str((model.get(s) or {}).get('weights_sha256_16') or '')[:8]}" for s in CT_STAGES]
     cspine = str((versions.get("packages") or {}).get("cspine") or "")
     return name, f"{cspine}+{'.'.join(digests)}"
 

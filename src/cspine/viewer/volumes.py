@@ -33,6 +33,7 @@ from cspine.fileio import atomic_path, read_json, write_json
 from cspine.io.nifti import RAS_TO_LPS, ZYX_TO_IJK
 from cspine.io.volume import Volume
 from cspine.labels import BONE_WINDOW, LABEL_OF, VERTEBRAE, window_bounds
+from cspine.registry.stages import CT_STAGES
 
 __all__ = ["CT_FILE", "HEAT_FILE", "LABELS_FILE", "VIEW_DIR", "VIEW_JSON", "ViewFiles", "build_view",
            "gradcam_heat", "paint_crop_heat", "read_view", "view_dir_for", "write_view_volumes"]
@@ -283,4 +284,4 @@ def build_view(source: str | Path, model: Any, out_dir: str | Path, doc: Mapping
 
 def _model_digests(model: Any) -> dict[str, Any]:
     info = getattr(model, "info", {}) or {}
-    return {stage: (info.get(stage) or {}).get("weights_sha256_16") for stage in ("seg", "cls")}
+    return {stage: (info.get(stage) or {}).get("weights_sha256_16") for stage in CT_STAGES}
