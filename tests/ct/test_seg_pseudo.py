@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cspine.checkpoint import save_model
-from cspine.ct.seg.pseudo import PSEUDO_MASK, pseudo_label_cache
+from cspine.ct.seg.pseudo import PSEUDO_MASK, PSEUDO_MODEL, pseudo_label_cache
 from cspine.ct.seg.train import SegTrainConfig, train_segmentation
 from cspine.io.nifti import save_mask_nifti
 from cspine.models.unet2p5d import SegConfig, build_seg_model
@@ -52,3 +52,17 @@ def test_pseudo_labels_only_for_studies_without_a_mask(tmp_path: Path) -> None:
     pseudo = np.load(cache / "1.2.4" / PSEUDO_MASK)
     assert pseudo.shape == (24, 32, 32) and pseudo.dtype == np.uint8 and pseudo.max() <= 7
     assert pseudo_label_cache(cache, tmp_path / "run" / "seg") == 0  # resumable: done studies skipped
+
+
+def test_pseudo_labels_of_another_stage1_model_are_made_again(tmp_path: Path) -> None:
+    # Two runs share one cache: the second run's stage 2 must not train on the first run's pseudo-labels.
+    cache = _cache(tmp_path)
+    for seed, run in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        save_model(tmp_path / run / "seg", build_seg_model(CFG), CFG, "seg")
+    assert pseudo_label_cache(cache, tmp_path / "a" / "seg") == 1
+    assert pseudo_label_cache(cache, tmp_path / "a" / "seg") == 0
+    assert pseudo_label_cache(cache, tmp_path / "b" / "seg") == 1  # another model: redone
+    assert pseudo_label_cache(cache, tmp_path / "b" / "seg") == 0
+    (cache / "1.2.4" / PSEUDO_MODEL).unlink()  # a pseudo-label of unknown origin (an older cspine)
+    assert pseudo_label_cache(cache, tmp_path / "b" / "seg") == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cspine.fileio import write_npy
+from cspine.fileio import write_npy, write_text
 from cspine.preprocess.cache import PSEUDO_MASK_FILE
 
 from .predict import SegModel, segment
@@ -17,6 +17,27 @@ log = logging.getLogger(__name__)
 
 #: File name of a pseudo-label map inside a study's cache folder (the cache owns its layout).
 PSEUDO_MASK = PSEUDO_MASK_FILE
+#: Beside each pseudo-label map: the fingerprint of the stage-1 model that made it.
+PSEUDO_MODEL = PSEUDO_MASK_FILE + ".model"
+
+
+def model_fingerprint(model_folder: str | Path) -> str:
+    """SHA-256 (first 16 hex) over a stage-1 model folder's weights and config."""
+    import hashlib
+
+    from cspine.output_folder import file_sha256
+
+    folder = Path(model_folder)
+    digest = "".join(file_sha256(folder / name) for name in ("model.safetensors", "config.json"))
+    return hashlib.sha256(digest.encode()).hexdigest()[:16]
+
+
+def _made_by(cache_dir: Path, uid: str, fingerprint: str) -> bool:
+    tag = cache_dir / uid / PSEUDO_MODEL
+    try:
+        return (cache_dir / uid / PSEUDO_MASK).exists() and tag.read_text().strip() == fingerprint
+    except OSError:
+        return False
 
 
 def _has_true_mask(store: object, uid: str) -> bool:
@@ -34,7 +55,9 @@ def pseudo_label_cache(cache_dir: str | Path, model_folder: str | Path, *, devic
     """Write ``<cache>/<uid>/pseudo_mask.npy`` (uint8 labels on the cached volume's grid) for every
     cached study without a true mask.
 
-    Resumable: a study whose pseudo-mask exists is skipped; each file is written atomically. A study
+    Resumable: a study whose pseudo-mask this same model made (its fingerprint, ``pseudo_mask.npy.model``)
+    is skipped; one made by another stage-1 model (a cache shared by runs) or of unknown origin is made
+    again, so stage 2 never trains on another model's labels. Each file is written atomically. A study
     that fails (unreadable, one slice, ...) is logged and skipped.
 
     Args:
@@ -54,8 +77,9 @@ def pseudo_label_cache(cache_dir: str | Path, model_folder: str | Path, *, devic
     cache_dir = Path(cache_dir)
     store = StudyCache(cache_dir)
     model = SegModel.load(model_folder, device=device)
+    fingerprint = model_fingerprint(model_folder)
     todo = [u for u in store.uids()
-            if not (cache_dir / u / PSEUDO_MASK).exists() and not _has_true_mask(store, u)]
+            if not _made_by(cache_dir, u, fingerprint) and not _has_true_mask(store, u)]
     written = 0
     for uid in tqdm(todo, desc="seg: pseudo-labels", unit="study", disable=None):
         try:
@@ -65,6 +89,8 @@ def pseudo_label_cache(cache_dir: str | Path, model_folder: str | Path, *, devic
             continue
         for w in seg.warnings:
             log.info("study %s: %s", uid, w)
+        (cache_dir / uid / PSEUDO_MODEL).unlink(missing_ok=True)
         write_npy(cache_dir / uid / PSEUDO_MASK, np.ascontiguousarray(seg.labels, dtype=np.uint8))
+        write_text(cache_dir / uid / PSEUDO_MODEL, fingerprint + "\n")
         written += 1
     return written
